@@ -1,0 +1,438 @@
+"""One typed config tree for rm_ds: dataclasses, loaded from YAML, overridden as ``key.sub=value``.
+
+Usage::
+
+    cfg = load_config("rm_ds/configs/default.yaml", ["train.lr=1e-5", "deepspeed.config=zero3"])
+    cfg.train.lr              # 1e-05, typed and validated
+    save_config(cfg, run_dir / "config.yaml")   # the resolved tree, written with the run
+
+Every field has a one-line docstring under it. Validation happens on load and names the key
+(``train.lr: expected a float, got 'fast'``). Derived numbers (the DeepSpeed JSON with its batch
+and accumulation figures) are computed here, not in the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIGS_DIR = PACKAGE_DIR / "configs"
+# ds_configs/ sits at the repo root (fixed layout); an installed wheel carries a copy in the package.
+DS_CONFIGS_DIRS = (PACKAGE_DIR.parent / "ds_configs", PACKAGE_DIR / "ds_configs")
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "builtin:minilm"
+    """Backbone: a local HF folder, a hub name (online only) or builtin:minilm|smollm2|tiny-llama."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Training precision; bf16 runs DeepSpeed's bf16 path with fp32 master weights."""
+    attn_implementation: str = "sdpa"
+    """transformers attention implementation (sdpa, eager, ...)."""
+    pad_token: str | None = None
+    """Override the tokenizer's pad token (must exist in the vocabulary and differ from eos)."""
+    allow_pad_eq_eos: bool = False
+    """Accept pad == eos on a last-token-pooling model although the pooled token is then ambiguous."""
+    dropout: float | None = 0.0
+    """Set every dropout probability in the backbone config to this value (None keeps the model's)."""
+    activation_checkpointing: bool = False
+    """Recompute activations in backward (transformers' activation checkpointing, non-reentrant)."""
+
+
+@dataclass
+class DataConfig:
+    train_path: str = "builtin:wordnet/train"
+    """Training pairs: .jsonl/.json/.parquet file, hub dataset name, or builtin:wordnet/train."""
+    eval_path: str | None = "builtin:wordnet/eval"
+    """Held-out pairs, same forms as train_path; None disables evaluation."""
+    train_split: str = "train"
+    """Split name for hub datasets (ignored for local files)."""
+    eval_split: str = "test"
+    """Split name for hub datasets (ignored for local files)."""
+    prompt_field: str = "prompt"
+    """Column holding the prompt (string or message list); may be absent for chat data."""
+    chosen_field: str = "chosen"
+    """Column holding the preferred response (string or message list)."""
+    rejected_field: str = "rejected"
+    """Column holding the dispreferred response (string or message list)."""
+    id_field: str | None = "id"
+    """Column with a stable pair id (rows are numbered when absent)."""
+    margin_field: str | None = None
+    """Column with a per-pair margin subtracted inside the sigmoid."""
+    weight_field: str | None = None
+    """Column with a per-pair loss weight."""
+    source_field: str | None = "source"
+    """Column naming the pair's source/domain, for per-source metrics."""
+    skip_invalid: bool = False
+    """Drop and count invalid rows instead of stopping with an error."""
+    max_train_pairs: int | None = None
+    """Keep only the first N valid training pairs."""
+    max_eval_pairs: int | None = None
+    """Keep only the first N valid eval pairs."""
+    max_length: int = 256
+    """Token cap per sequence (prompt + response); the prompt is cut from the left first."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """When the response alone exceeds max_length: cut it (keeping eos last) or drop the pair."""
+    chat_template: bool = False
+    """Render text pairs through the tokenizer's chat template (chat-format data always is)."""
+    response_separator: str = "\n"
+    """Text placed before the response when no chat template is used."""
+    num_proc: int = 1
+    """Worker processes for tokenisation (datasets.map)."""
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    """Seed for model init, sampler order and dropout."""
+    epochs: int = 1
+    """Passes over the training pairs (max_steps wins if set)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps."""
+    global_batch_pairs: int = 32
+    """Preference pairs per optimizer step, over all ranks and micro-steps."""
+    micro_batching: Literal["token_budget", "fixed"] = "token_budget"
+    """token_budget: pack pairs while pairs x padded length <= token_budget; fixed: pairs_per_micro."""
+    token_budget: int = 4096
+    """Per micro-batch budget in pair-tokens (pairs x padded length); must be >= data.max_length."""
+    pairs_per_micro: int = 8
+    """Pairs per micro-batch in fixed mode."""
+    length_grouping: bool = True
+    """Group pairs of similar length into the same global batch to cut padding."""
+    drop_last: bool = False
+    """Drop the final partial global batch of each epoch (default keeps every pair)."""
+    lr: float = 5e-5
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Schedule after warmup (transformers.get_scheduler)."""
+    warmup_ratio: float = 0.05
+    """Fraction of total steps spent in linear warmup."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+
+
+@dataclass
+class LossConfig:
+    beta: float = 1.0
+    """Scale on the reward difference inside the sigmoid."""
+    label_smoothing: float = 0.0
+    """Probability that a label is flipped (conservative BT loss)."""
+    reward_l2: float = 0.0
+    """Reward-magnitude regulariser lambda: adds lambda*(r_c^2 + r_r^2)/2 per pair."""
+
+
+@dataclass
+class DeepSpeedSection:
+    config: str = "zero2"
+    """A name in ds_configs/ (zero0, zero2, zero3, zero3_offload) or a path to a JSON file."""
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0
+    """Evaluate every N optimizer steps (0: only at the end)."""
+    token_budget: int | None = None
+    """Eval micro-batch budget in pair-tokens (defaults to train.token_budget)."""
+    thresholds: tuple[float, ...] = (0.0,)
+    """Reward thresholds at which TPR/FPR/FNR are reported."""
+    ece_bins: int = 10
+    """Equal-width bins for ECE."""
+
+
+@dataclass
+class LoggingConfig:
+    run_dir: str = "runs/default"
+    """Directory for config.yaml, metrics.jsonl and TensorBoard events."""
+    log_every: int = 1
+    """Write training scalars every N optimizer steps."""
+    tensorboard: bool = True
+    """Write TensorBoard events under run_dir/tb."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The reward model backbone."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Preference data and tokenisation."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Batching, optimizer and schedule."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Bradley-Terry loss options."""
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    """DeepSpeed engine settings."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation schedule and metrics."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Where and how often to log."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; each failure names the key."""
+    t, d = cfg.train, cfg.data
+    _check(t.global_batch_pairs >= 1, "train.global_batch_pairs", "must be >= 1")
+    _check(t.epochs >= 1, "train.epochs", "must be >= 1")
+    _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
+    _check(d.max_length >= 8, "data.max_length", "must be >= 8")
+    if t.micro_batching == "token_budget":
+        _check(t.token_budget >= d.max_length, "train.token_budget",
+               f"{t.token_budget} is smaller than data.max_length={d.max_length}: a single pair would not fit")
+    _check(t.pairs_per_micro >= 1, "train.pairs_per_micro", "must be >= 1")
+    _check(t.lr > 0, "train.lr", "must be > 0")
+    _check(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+    _check(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
+    _check(cfg.loss.beta > 0, "loss.beta", "must be > 0")
+    _check(0 <= cfg.loss.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)")
+    _check(cfg.loss.reward_l2 >= 0, "loss.reward_l2", "must be >= 0")
+    _check(cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1) or null")
+    _check(cfg.eval.every_steps >= 0, "eval.every_steps", "must be >= 0")
+    _check(cfg.eval.ece_bins >= 1, "eval.ece_bins", "must be >= 1")
+    if cfg.eval.token_budget is not None:
+        _check(cfg.eval.token_budget >= d.max_length, "eval.token_budget", "must be >= data.max_length")
+    _check(cfg.logging.log_every >= 1, "logging.log_every", "must be >= 1")
+    _check(d.num_proc >= 1, "data.num_proc", "must be >= 1")
+    resolve_ds_config_path(cfg.deepspeed.config)  # raises ConfigError naming deepspeed.config
+
+
+# --------------------------------------------------------------------------- typed construction
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        _check(value in choices, key, f"expected one of {list(choices)}, got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        _check(len(value) == len(args), key, f"expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"expected a number, got {value!r}")
+        _check(math.isfinite(value), key, f"expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"{key}: unknown key (valid: {', '.join(sorted(names))})")
+        kwargs[k] = _coerce(v, hints[k], key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["train.lr=1e-5", "data.eval_path=null"]`` -> nested dict; values are parsed as YAML scalars."""
+    tree: dict = {}
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r}: expected key.sub=value")
+        key, raw = ov.split("=", 1)
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError(f"override {ov!r}: empty key")
+        _set_dotted(tree, key, yaml.safe_load(raw) if raw != "" else "")
+    return tree
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a shipped config (``default``, ``smollm2``, ``tiny``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = CONFIGS_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"config: no file {str(name_or_path)!r} and no shipped config of that name "
+                      f"(shipped: {', '.join(sorted(q.stem for q in CONFIGS_DIR.glob('*.yaml')))})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (or defaults when ``path`` is None), apply overrides, validate, return the tree."""
+    data: dict = {}
+    if path is not None:
+        p = resolve_config_path(path)
+        with open(p) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        data = loaded
+    data = _merge(data, parse_overrides(overrides or []))
+    return _build(Config, data)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    def conv(x: Any) -> Any:
+        if isinstance(x, tuple):
+            return [conv(v) for v in x]
+        if isinstance(x, dict):
+            return {k: conv(v) for k, v in x.items()}
+        return x
+    return conv(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- DeepSpeed JSON
+
+
+def resolve_ds_config_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".json" and p.is_file():
+        return p
+    for d in DS_CONFIGS_DIRS:
+        q = d / f"{name_or_path}.json"
+        if q.is_file():
+            return q
+    shipped = sorted({q.stem for d in DS_CONFIGS_DIRS if d.is_dir() for q in d.glob("*.json")})
+    raise ConfigError(f"deepspeed.config: {name_or_path!r} is neither a JSON file nor one of {shipped}")
+
+
+def build_ds_config(cfg: Config, *, world_size: int, max_micro_steps: int) -> dict:
+    """The DeepSpeed JSON from ``ds_configs/<name>.json`` plus derived values, with no ``auto`` left.
+
+    rm_ds drives accumulation itself (pair-count scaling, boundary set per micro-step), so the batch
+    figures here are bookkeeping: ``gradient_accumulation_steps`` is the largest number of micro-steps
+    any optimizer step uses (DeepSpeed's CPU-offload path keeps separate accumulation buffers only
+    when it is > 1), and ``train_batch_size`` = micro x accumulation x world size as DeepSpeed asserts.
+    """
+    path = resolve_ds_config_path(cfg.deepspeed.config)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    gas = max(1, int(max_micro_steps))
+    micro = max(1, math.ceil(cfg.train.global_batch_pairs / (world_size * gas)))
+    derived = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": gas,
+        "train_batch_size": micro * gas * world_size,
+        "gradient_clipping": cfg.train.max_grad_norm,
+    }
+    for k, v in derived.items():
+        if ds.get(k, "auto") != "auto":
+            raise ConfigError(f"{path}: {k} is derived from the rm_ds config; set it to \"auto\" or leave it out")
+        ds[k] = v
+    bf16 = cfg.model.dtype == "bf16"
+    ds.setdefault("bf16", {})
+    if ds["bf16"].get("enabled", "auto") == "auto":
+        ds["bf16"]["enabled"] = bf16
+    if "fp16" in ds and ds["fp16"].get("enabled") not in (False, "auto"):
+        raise ConfigError(f"{path}: fp16 is not supported (use model.dtype=bf16)")
+    ds.pop("fp16", None)
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    left = _find_auto(ds)
+    if left:
+        raise ConfigError(f"{path}: unresolved \"auto\" at {', '.join(left)}")
+    return ds
+
+
+def _find_auto(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [k for key, v in node.items() for k in _find_auto(v, f"{prefix}.{key}" if prefix else key)]
+    return [prefix] if node == "auto" else []
+
+
+def zero_stage(ds_config: dict) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))

@@ -1,0 +1,642 @@
+"""Load preference pairs from local files or the hub into one canonical ``datasets.Dataset``.
+
+Example: ``ds, report = load_pairs("data/wordnet/train.jsonl")``
+
+Every loaded dataset has these columns, whatever the input looked like::
+
+    pair_id  str    the id field's value (as str) if the rows carry one, else "<file stem>:<row>"
+    format   str    "text" or "chat" (one value for the whole dataset)
+    prompt   str | list[{"role", "content"}]   text: a string ("" if the file has no prompt field)
+    chosen   str | list[{"role", "content"}]   chat: only the continuation after the prompt
+    rejected str | list[{"role", "content"}]
+    margin   float  default 0.0
+    weight   float  default 1.0
+    source   str    default ""
+    row      int    where the pair came from: the 1-based line of a .jsonl file, else the 0-based row
+
+A chat row without a prompt field has an implicit prompt: the longest common prefix of the chosen
+and rejected message lists; chosen/rejected keep the rest, which must end with an "assistant" turn.
+With a prompt field (a string becomes one "user" message), a chosen/rejected list that starts with
+the prompt messages has them removed, so full conversations and bare continuations both work.
+
+Errors are ``DataError`` and name the file, the row and the field::
+
+    train.jsonl line 17: field 'rejected': empty or whitespace-only
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+from datasets.table import InMemoryTable
+
+__all__ = ["CHAT_FEATURES", "TEXT_FEATURES", "DataError", "LoadReport", "load_pairs"]
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+MAX_EXAMPLES = 5
+
+_MESSAGES = datasets.List(
+    {"role": datasets.Value("string"), "content": datasets.Value("string")}
+)
+_COMMON = {
+    "margin": datasets.Value("float64"),
+    "weight": datasets.Value("float64"),
+    "source": datasets.Value("string"),
+    "row": datasets.Value("int64"),
+}
+TEXT_FEATURES = datasets.Features(
+    {
+        "pair_id": datasets.Value("string"),
+        "format": datasets.Value("string"),
+        "prompt": datasets.Value("string"),
+        "chosen": datasets.Value("string"),
+        "rejected": datasets.Value("string"),
+        **_COMMON,
+    }
+)
+CHAT_FEATURES = datasets.Features(
+    {
+        "pair_id": datasets.Value("string"),
+        "format": datasets.Value("string"),
+        "prompt": _MESSAGES,
+        "chosen": _MESSAGES,
+        "rejected": _MESSAGES,
+        **_COMMON,
+    }
+)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (or dataset), the row or line, and the field."""
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pairs`` read, kept and skipped."""
+
+    source: str
+    """The path or dataset name as given."""
+    n_rows: int
+    """Rows in the input (non-blank lines for .jsonl), all files together."""
+    n_loaded: int
+    """Valid pairs kept (after ``max_pairs``)."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Reason (e.g. "missing field 'chosen'") -> number of rows skipped for it (skip_invalid=True)."""
+    examples: list[str] = field(default_factory=list)
+    """The first few skip messages in full, with file, row and field."""
+
+
+@dataclass(frozen=True)
+class _Fields:
+    prompt: str
+    chosen: str
+    rejected: str
+    id: str | None
+    margin: str | None
+    weight: str | None
+    source: str | None
+
+
+class _Invalid(Exception):
+    """One row is invalid: ``reason`` is the count key, ``detail`` the message after the location."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class _Rows:
+    """Raw rows of one file or hub split: ``rows[i]`` is a dict, or an _Invalid for an unparseable line."""
+
+    name: str
+    """File path or dataset name, as used in messages."""
+    stem: str
+    """Prefix of fallback pair ids."""
+    locs: list[int]
+    rows: list[Any]
+    present: set[str]
+    """Fields that occur in at least one row (or columns of a table)."""
+    by_line: bool
+    """True: locs are 1-based line numbers; False: 0-based row indices."""
+
+    def where(self, i: int) -> str:
+        return (
+            f"{self.name} line {self.locs[i]}"
+            if self.by_line
+            else f"{self.name} row {self.locs[i]} (0-based)"
+        )
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _read_jsonl(path: Path, name: str) -> _Rows:
+    """Pre-scan with json.loads: line numbers stay those of the file; blank lines are skipped."""
+    locs: list[int] = []
+    rows: list[Any] = []
+    present: set[str] = set()
+    with open(path, "rb") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            if not line.strip():
+                continue
+            locs.append(line_no)
+            try:
+                obj = json.loads(line.decode("utf-8"))
+            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+                rows.append(_Invalid("invalid JSON", f"invalid JSON: {e}"))
+                continue
+            if isinstance(obj, dict):
+                present.update(obj)
+                rows.append(obj)
+            else:
+                rows.append(
+                    _Invalid(
+                        "not a JSON object",
+                        f"expected a JSON object, got {type(obj).__name__}",
+                    )
+                )
+    return _Rows(
+        name=name, stem=path.stem, locs=locs, rows=rows, present=present, by_line=True
+    )
+
+
+def _read_json(path: Path, name: str) -> _Rows:
+    """A JSON array of row objects (0-based rows), or JSON lines under a .json name (line numbers)."""
+    text = path.read_bytes()
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        if isinstance(e, json.JSONDecodeError) and e.msg == "Extra data":
+            return _read_jsonl(path, name)
+        raise DataError(f"{name}: invalid JSON: {e}") from e
+    if isinstance(obj, dict) and len(text.strip().splitlines()) == 1:
+        return _read_jsonl(path, name)  # a one-line JSON lines file
+    if not isinstance(obj, list):
+        raise DataError(
+            f"{name}: expected a JSON array of row objects or JSON lines, got a {type(obj).__name__}"
+        )
+    rows: list[Any] = []
+    present: set[str] = set()
+    for r in obj:
+        if isinstance(r, dict):
+            present.update(r)
+            rows.append(r)
+        else:
+            rows.append(
+                _Invalid(
+                    "not a JSON object",
+                    f"expected a JSON object, got {type(r).__name__}",
+                )
+            )
+    return _Rows(
+        name=name,
+        stem=path.stem,
+        locs=list(range(len(rows))),
+        rows=rows,
+        present=present,
+        by_line=False,
+    )
+
+
+def _from_table(
+    ds: datasets.Dataset, *, name: str, stem: str, wanted: Sequence[str]
+) -> _Rows:
+    cols = [c for c in dict.fromkeys(wanted) if c in ds.column_names]
+    data = ds.select_columns(cols).to_dict() if cols else {}
+    n = ds.num_rows
+    rows = (
+        [dict(zip(cols, vals)) for vals in zip(*(data[c] for c in cols))]
+        if cols
+        else [{} for _ in range(n)]
+    )
+    return _Rows(
+        name=name,
+        stem=stem,
+        locs=list(range(n)),
+        rows=rows,
+        present=set(ds.column_names),
+        by_line=False,
+    )
+
+
+def _read_parquet(path: Path, name: str, wanted: Sequence[str]) -> _Rows:
+    try:
+        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    except Exception as e:
+        raise DataError(
+            f"{name}: cannot read parquet file: {type(e).__name__}: {e}"
+        ) from e
+    return _from_table(ds, name=name, stem=path.stem, wanted=wanted)
+
+
+def _read_hub(name: str, split: str | None, wanted: Sequence[str]) -> _Rows:
+    try:
+        obj = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        raise DataError(
+            f"{name}: not a local file or directory, and loading it as a Hugging Face hub dataset failed "
+            f"({type(e).__name__}: {e}). Hub datasets need network access (or an already populated HF "
+            f"cache); offline, pass a local .jsonl, .json or .parquet file instead (HF_HUB_OFFLINE=1 makes this "
+            f"fail at once instead of after retries)."
+        ) from e
+    if isinstance(obj, datasets.DatasetDict):
+        if len(obj) != 1:
+            raise DataError(f"{name}: has splits {sorted(obj)}; pass split=")
+        split, obj = next(iter(obj.items()))
+    if not isinstance(obj, datasets.Dataset):
+        raise DataError(
+            f"{name}: expected a map-style dataset, got {type(obj).__name__}"
+        )
+    label = f"{name}[{split}]" if split else name
+    return _from_table(obj, name=label, stem=label, wanted=wanted)
+
+
+def _local_files(path_or_name: str) -> list[Path] | None:
+    """Files to read, or None if the string should be treated as a hub dataset name."""
+    p = Path(path_or_name).expanduser()
+    if p.is_dir():
+        files = sorted(
+            f for f in p.iterdir() if f.is_file() and f.suffix in LOCAL_SUFFIXES
+        )
+        if not files:
+            raise DataError(
+                f"{path_or_name}: directory has no {'/'.join(LOCAL_SUFFIXES)} files"
+            )
+        return files
+    if p.is_file():
+        if p.suffix not in LOCAL_SUFFIXES:
+            raise DataError(
+                f"{path_or_name}: unsupported file type {p.suffix!r}; use {', '.join(LOCAL_SUFFIXES)}"
+            )
+        return [p]
+    if any(ch in path_or_name for ch in "*?["):
+        files = sorted(
+            Path(f)
+            for f in glob.glob(str(p))
+            if Path(f).suffix in LOCAL_SUFFIXES and Path(f).is_file()
+        )
+        if not files:
+            raise DataError(
+                f"{path_or_name}: glob matches no {'/'.join(LOCAL_SUFFIXES)} files"
+            )
+        return files
+    if p.suffix in LOCAL_SUFFIXES or path_or_name.startswith((".", "/", "~")):
+        raise DataError(f"{path_or_name}: no such file")
+    return None
+
+
+def _read_all(
+    path_or_name: str, *, split: str | None, wanted: Sequence[str]
+) -> list[_Rows]:
+    files = _local_files(path_or_name)
+    if files is None:
+        return [_read_hub(path_or_name, split, wanted)]
+    out = []
+    for f in files:
+        name = path_or_name if len(files) == 1 else str(f)
+        if f.suffix == ".jsonl":
+            out.append(_read_jsonl(f, name))
+        elif f.suffix == ".json":
+            out.append(_read_json(f, name))
+        else:
+            out.append(_read_parquet(f, name, wanted))
+    return out
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _get(raw: dict, f: str) -> Any:
+    if f not in raw:
+        raise _Invalid(f"missing field '{f}'", f"field '{f}': missing")
+    v = raw[f]
+    if v is None:
+        raise _Invalid(f"None in field '{f}'", f"field '{f}': is null/None")
+    return v
+
+
+def _wrong_type(f: str, expected: str, v: Any) -> _Invalid:
+    return _Invalid(
+        f"wrong type in field '{f}'",
+        f"field '{f}': expected {expected}, got {type(v).__name__}",
+    )
+
+
+def _text(raw: dict, f: str, *, nonempty: bool) -> str:
+    v = _get(raw, f)
+    if not isinstance(v, str):
+        raise _wrong_type(f, "a string", v)
+    if nonempty and not v.strip():
+        raise _Invalid(f"empty field '{f}'", f"field '{f}': empty or whitespace-only")
+    return v
+
+
+def _messages(v: Any, f: str) -> list[dict[str, str]]:
+    """Validated copy of a message list with exactly the keys role and content."""
+    if not isinstance(v, list):
+        raise _wrong_type(f, "a list of messages", v)
+    out = []
+    for m in v:
+        if isinstance(m, dict):
+            role, content = m.get("role"), m.get("content")
+            if isinstance(role, str) and isinstance(content, str) and role.strip():
+                out.append({"role": role, "content": content})
+                continue
+        _bad_message(m, f, len(out))
+    return out
+
+
+def _bad_message(m: Any, f: str, k: int) -> None:
+    if not isinstance(m, dict):
+        bad = f"expected a {{'role', 'content'}} object, got {type(m).__name__}"
+    else:
+        bad = "empty 'role'"
+        for key in ("role", "content"):
+            if m.get(key) is None:
+                bad = f"missing '{key}'"
+                break
+            if not isinstance(m[key], str):
+                bad = f"'{key}' must be a string, got {type(m[key]).__name__}"
+                break
+    raise _Invalid(
+        f"invalid message in field '{f}'", f"field '{f}': message {k}: {bad}"
+    )
+
+
+def _number(raw: dict, f: str | None, default: float) -> float:
+    if f is None:
+        return default
+    v = _get(raw, f)
+    try:
+        x = (
+            float(v)
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            else math.nan
+        )
+    except OverflowError:  # an int beyond float range
+        x = math.nan
+    if not math.isfinite(x):
+        raise _Invalid(
+            f"not a finite number in field '{f}'",
+            f"field '{f}': expected a finite number, got {v!r}",
+        )
+    return x
+
+
+def _continuation(msgs: list[dict[str, str]], f: str) -> None:
+    if not msgs:
+        raise _Invalid(
+            f"empty field '{f}'", f"field '{f}': no messages after the prompt"
+        )
+    if msgs[-1]["role"] != "assistant":
+        raise _Invalid(
+            f"last message not assistant in field '{f}'",
+            f"field '{f}': the last message must have role 'assistant', got {msgs[-1]['role']!r}",
+        )
+    if not msgs[-1]["content"].strip():
+        raise _Invalid(
+            f"empty field '{f}'",
+            f"field '{f}': the last message's content is empty or whitespace-only",
+        )
+
+
+def _identical() -> _Invalid:
+    return _Invalid(
+        "identical chosen and rejected", "field 'rejected': identical to field 'chosen'"
+    )
+
+
+def _chat(raw: dict, fl: _Fields, *, has_prompt: bool) -> tuple[list, list, list]:
+    chosen = _messages(_get(raw, fl.chosen), fl.chosen)
+    rejected = _messages(_get(raw, fl.rejected), fl.rejected)
+    if has_prompt:
+        p = _get(raw, fl.prompt)
+        if isinstance(p, str):
+            prompt = [{"role": "user", "content": p}] if p else []
+        else:
+            prompt = _messages(p, fl.prompt)
+        n = len(prompt)
+        if n and chosen[:n] == prompt:
+            chosen = chosen[n:]
+        if n and rejected[:n] == prompt:
+            rejected = rejected[n:]
+    else:
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        if len(chosen) == len(rejected) == n:
+            raise _identical()
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    _continuation(chosen, fl.chosen)
+    _continuation(rejected, fl.rejected)
+    if [(m["role"], m["content"].strip()) for m in chosen] == [
+        (m["role"], m["content"].strip()) for m in rejected
+    ]:
+        raise _identical()
+    return prompt, chosen, rejected
+
+
+def _row(
+    raw: dict, fl: _Fields, *, fmt: str, has_prompt: bool, fmt_origin: str
+) -> dict[str, Any]:
+    """Canonical columns of one raw row, except pair_id and row; raises _Invalid."""
+    if fmt == "text":
+        for f in (fl.chosen, fl.rejected):
+            v = _get(raw, f)
+            if isinstance(v, list):
+                raise _wrong_type(
+                    f, f"a string (the data is text format, {fmt_origin})", v
+                )
+        prompt = _text(raw, fl.prompt, nonempty=False) if has_prompt else ""
+        chosen = _text(raw, fl.chosen, nonempty=True)
+        rejected = _text(raw, fl.rejected, nonempty=True)
+        if chosen.strip() == rejected.strip():
+            raise _identical()
+    else:
+        for f in (fl.chosen, fl.rejected):
+            v = _get(raw, f)
+            if isinstance(v, str):
+                raise _wrong_type(
+                    f, f"a list of messages (the data is chat format, {fmt_origin})", v
+                )
+        prompt, chosen, rejected = _chat(raw, fl, has_prompt=has_prompt)
+    margin = _number(raw, fl.margin, 0.0)
+    weight = _number(raw, fl.weight, 1.0)
+    if weight < 0:
+        raise _Invalid(
+            f"negative weight in field '{fl.weight}'",
+            f"field '{fl.weight}': must be >= 0, got {weight}",
+        )
+    source = ""
+    if fl.source is not None and raw.get(fl.source) is not None:
+        source = raw[fl.source]
+        if not isinstance(source, str):
+            raise _wrong_type(fl.source, "a string", source)
+    return {
+        "format": fmt,
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "margin": margin,
+        "weight": weight,
+        "source": source,
+    }
+
+
+def _pair_id(raw: dict, fl: _Fields, fallback: str) -> str:
+    if fl.id is None or raw.get(fl.id) is None or raw.get(fl.id) == "":
+        return fallback
+    v = raw[fl.id]
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise _wrong_type(fl.id, "a string or integer", v)
+    return str(v)
+
+
+def _detect_format(sources: list[_Rows], chosen: str) -> tuple[str, str]:
+    """("text" | "chat", where that was decided) from the first row whose chosen is a str or list."""
+    for src in sources:
+        for i, r in enumerate(src.rows):
+            if isinstance(r, dict):
+                v = r.get(chosen)
+                if isinstance(v, str):
+                    return "text", f"as {src.where(i)} says"
+                if isinstance(v, list):
+                    return "chat", f"as {src.where(i)} says"
+    return "text", "by default"
+
+
+def _iter_rows(sources: list[_Rows]) -> Iterator[tuple[_Rows, int]]:
+    for src in sources:
+        for i in range(len(src.rows)):
+            yield src, i
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def load_pairs(
+    path_or_name: str,
+    *,
+    split: str | None = None,
+    prompt_field: str = "prompt",
+    chosen_field: str = "chosen",
+    rejected_field: str = "rejected",
+    id_field: str | None = "id",
+    margin_field: str | None = None,
+    weight_field: str | None = None,
+    source_field: str | None = "source",
+    skip_invalid: bool = False,
+    max_pairs: int | None = None,
+) -> tuple[datasets.Dataset, LoadReport]:
+    """Read preference pairs into a canonical dataset (columns in the module docstring).
+
+    ``path_or_name``: a ``.jsonl``/``.json``/``.parquet`` file, a directory of them, a glob, or else a
+    hub dataset name (``split`` is used only there; needs network). Invalid rows raise DataError unless
+    ``skip_invalid``, which drops and counts them. ``max_pairs`` keeps the first N valid pairs (rows
+    after those are not validated). Zero valid pairs is always a DataError.
+    """
+    if max_pairs is not None and max_pairs < 1:
+        raise ValueError(f"max_pairs must be >= 1 or None, got {max_pairs}")
+    fl = _Fields(
+        prompt=prompt_field,
+        chosen=chosen_field,
+        rejected=rejected_field,
+        id=id_field,
+        margin=margin_field,
+        weight=weight_field,
+        source=source_field,
+    )
+    wanted = [
+        f
+        for f in (
+            prompt_field,
+            chosen_field,
+            rejected_field,
+            id_field,
+            margin_field,
+            weight_field,
+            source_field,
+        )
+        if f is not None
+    ]
+    sources = _read_all(path_or_name, split=split, wanted=wanted)
+
+    for src in sources:
+        required = [chosen_field, rejected_field, margin_field, weight_field]
+        if prompt_field != "prompt":  # an explicitly named prompt field must exist
+            required.append(prompt_field)
+        for f in required:
+            if (
+                f is not None
+                and f not in src.present
+                and any(isinstance(r, dict) for r in src.rows)
+            ):
+                raise DataError(
+                    f"{src.name}: field '{f}' occurs in no row (fields: {sorted(src.present)})"
+                )
+    fmt, fmt_origin = _detect_format(sources, chosen_field)
+
+    report = LoadReport(
+        source=path_or_name, n_rows=sum(len(s.rows) for s in sources), n_loaded=0
+    )
+    cols: dict[str, list[Any]] = {k: [] for k in TEXT_FEATURES}
+    first_seen: dict[str, str] = {}
+    for src, i in _iter_rows(sources):
+        if max_pairs is not None and len(cols["row"]) >= max_pairs:
+            break
+        raw = src.rows[i]
+        try:
+            if isinstance(raw, _Invalid):
+                raise raw
+            out = _row(
+                raw,
+                fl,
+                fmt=fmt,
+                has_prompt=prompt_field in src.present,
+                fmt_origin=fmt_origin,
+            )
+            pid = _pair_id(raw, fl, f"{src.stem}:{src.locs[i]}")
+            if pid in first_seen:
+                f = id_field or "pair_id"
+                raise _Invalid(
+                    f"duplicate id in field '{f}'",
+                    f"field '{f}': duplicate pair id {pid!r} (first at {first_seen[pid]})",
+                )
+        except _Invalid as e:
+            msg = f"{src.where(i)}: {e.detail}"
+            if not skip_invalid:
+                raise DataError(msg) from None
+            report.skipped[e.reason] = report.skipped.get(e.reason, 0) + 1
+            if len(report.examples) < MAX_EXAMPLES:
+                report.examples.append(msg)
+            continue
+        first_seen[pid] = src.where(i)
+        out["pair_id"] = pid
+        out["row"] = src.locs[i]
+        for k, v in out.items():
+            cols[k].append(v)
+
+    if not cols["row"]:
+        raise DataError(
+            f"{path_or_name}: no valid pairs in {report.n_rows} rows (skipped: {report.skipped}; "
+            f"first problems: {report.examples})"
+        )
+    report.n_loaded = len(cols["row"])
+    features = TEXT_FEATURES if fmt == "text" else CHAT_FEATURES
+    # straight to arrow: Dataset.from_dict would re-encode every value in Python (several times slower)
+    table = pa.Table.from_pydict(cols, schema=features.arrow_schema)
+    return datasets.Dataset(
+        InMemoryTable(table), info=datasets.DatasetInfo(features=features)
+    ), report

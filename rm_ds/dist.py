@@ -1,0 +1,160 @@
+"""The distributed plumbing: process-group setup, the few collectives rm_ds needs, clean exit.
+
+With ``rm_ds.engine`` this is one of the two modules that import torch.distributed or deepspeed.
+Everything else receives rank and world size as arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(*, mpi_discovery: bool = False) -> DistInfo:
+    """Join (or create) the process group through deepspeed; gloo on CPU, nccl on GPUs.
+
+    Works under the ``deepspeed`` launcher, torchrun, and mpirun (``mpi_discovery``, via mpi4py).
+    A plain ``python`` run with no launcher variables becomes a world of one.
+    """
+    import deepspeed
+
+    _skip_shm_comm_build()
+    if mpi_discovery or "OMPI_COMM_WORLD_SIZE" in os.environ and "RANK" not in os.environ:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        deepspeed.init_distributed(auto_mpi_discovery=True, verbose=False)
+    else:
+        for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(k, v)
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(_free_port())
+        deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+    return current()
+
+
+def current() -> DistInfo:
+    """The DistInfo of an already initialised process group."""
+    return DistInfo(rank=tdist.get_rank(), world_size=tdist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _skip_shm_comm_build() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory comm op on CPU (~60 s per fresh machine).
+
+    That op only speeds up inference all-reduce; training goes through gloo. RM_DS_SHM_COMM=1 keeps it.
+    """
+    if os.environ.get("RM_DS_SHM_COMM") == "1":
+        return
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+        if builder is not None:
+            deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def all_reduce_sum(values: list[float] | torch.Tensor) -> torch.Tensor:
+    """Sum a small float64 vector over ranks (one collective)."""
+    t = torch.as_tensor(values, dtype=torch.float64).clone()
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """All-gather a (n_local, k) float64 tensor whose n_local differs by rank.
+
+    gloo needs equal sizes: exchange row counts, pad to the maximum, gather, trim each rank's block.
+    Returns the concatenation in rank order, on every rank.
+    """
+    local = local.to(torch.float64).contiguous()
+    if not (tdist.is_initialized() and tdist.get_world_size() > 1):
+        return local
+    world = tdist.get_world_size()
+    n = torch.tensor([local.shape[0]], dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    tdist.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    width = local.shape[1]
+    padded = torch.zeros((max(sizes), width), dtype=torch.float64)
+    padded[: local.shape[0]] = local
+    blocks = [torch.empty_like(padded) for _ in range(world)]
+    tdist.all_gather(blocks, padded)
+    return torch.cat([b[:s] for b, s in zip(blocks, sizes)], dim=0)
+
+
+def gather_objects(obj) -> list:
+    if not (tdist.is_initialized() and tdist.get_world_size() > 1):
+        return [obj]
+    out = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
+        tdist.barrier()
+
+
+@contextmanager
+def main_rank_first(info: DistInfo):
+    """Rank 0 runs the body first (e.g. to fill a cache), then the others."""
+    if not info.is_main:
+        barrier()
+    yield
+    if info.is_main:
+        barrier()
+
+
+def shutdown(exit_code: int = 0) -> None:
+    """Tear down and leave without running interpreter finalisers.
+
+    gloo ranks can abort at interpreter exit ("terminate called without an active exception"); a
+    destroyed process group, flushed streams and ``os._exit`` make a successful run exit 0 every time.
+    """
+    try:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+    except Exception as e:  # pragma: no cover - best effort on the way out
+        log.warning("destroy_process_group failed: %s", e)
+    mpi = sys.modules.get("mpi4py.MPI")  # only if the run used MPI; importing it would start MPI
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

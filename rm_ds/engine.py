@@ -1,0 +1,130 @@
+"""The DeepSpeed engine and the optimizer step with exact pair-count scaling.
+
+Why the scaling: DeepSpeed averages gradients over ranks and, by default, divides each micro-step's
+loss by the accumulation count. With micro-batches holding different numbers of pairs (token-budget
+packing, uneven ranks) that weights pairs unequally. Here each step first sums the pair count over
+ranks once (N), then every micro-step backpropagates ``sum(per-pair loss) * world_size / N`` with
+DeepSpeed's own 1/GAS scaling turned off. After DeepSpeed's mean over ranks the accumulated gradient
+is exactly the gradient of (1/N) * sum over all N pairs of the step, however they were split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import transformers
+from transformers.integrations import HfDeepSpeedConfig
+
+from rm_ds import dist
+from rm_ds.config import Config, zero_stage
+from rm_ds.loss import bt_loss
+from rm_ds.model import rewards
+
+
+@dataclass
+class StepStats:
+    loss: float
+    """Mean per-pair loss over the global step."""
+    accuracy: float
+    """Share of pairs with r_c > r_r (ties count half)."""
+    margin: float
+    """Mean r_c - r_r."""
+    n_pairs: int
+    """Pairs in the global step."""
+    real_tokens: int
+    """Non-pad tokens computed over all ranks."""
+    computed_tokens: int
+    """Tokens computed (pad included) over all ranks."""
+    micro_steps: int
+    """Micro-steps this step took on each rank."""
+    grad_norm: float | None
+    lr: float
+
+
+@contextlib.contextmanager
+def model_build_context(ds_config: dict):
+    """Inside this context a ZeRO-3 config makes transformers build the model partitioned.
+
+    The HfDeepSpeedConfig must stay alive while the model is created and is dropped afterwards
+    (while it lives, every model build runs collectives).
+    """
+    if zero_stage(ds_config) == 3:
+        hf_ds = HfDeepSpeedConfig(ds_config)
+        try:
+            yield
+        finally:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            del hf_ds
+            unset_hf_deepspeed_config()
+    else:
+        yield
+
+
+def build_engine(model, cfg: Config, ds_config: dict, *, total_steps: int):
+    """deepspeed.initialize with a client AdamW (no FusedAdam JIT on CPU) and a warmup schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = cfg.train
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay)
+    scheduler = transformers.get_scheduler(
+        "constant_with_warmup" if t.lr_scheduler == "constant" else t.lr_scheduler,
+        optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config, dist_init_required=False)
+    return engine
+
+
+def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: int) -> StepStats:
+    """One optimizer step over this rank's micro-batches (every rank passes the same count)."""
+    local_pairs = sum(b["n_pairs"] for b in micro_batches)
+    global_pairs = float(dist.all_reduce_sum([local_pairs])[0])  # the one all-reduce of counts
+    if global_pairs <= 0:
+        raise RuntimeError("optimizer step with no pairs on any rank")
+    scale = world_size / global_pairs
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, correct, margin, real tokens, computed tokens
+    lc = cfg.loss
+    for i, batch in enumerate(micro_batches):
+        engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
+        chosen, rejected = rewards(engine, batch)
+        per_pair = bt_loss(chosen, rejected, beta=lc.beta, margin=batch["margin"],
+                           label_smoothing=lc.label_smoothing, weight=batch["weight"], reward_l2=lc.reward_l2)
+        mask = batch["pair_mask"]
+        # scale the summed loss so the accumulated, rank-averaged gradient is the mean over all pairs
+        engine.backward((per_pair * mask).sum() * scale, scale_wrt_gas=False)
+        engine.step()
+        with torch.no_grad():
+            diff = (chosen - rejected).double()
+            correct = (diff > 0).double() + 0.5 * (diff == 0).double()
+            sums += torch.stack([(per_pair.double() * mask).sum(), (correct * mask).sum(), (diff * mask).sum(),
+                                 torch.tensor(float(batch["real_tokens"]), dtype=torch.float64),
+                                 torch.tensor(float(batch["computed_tokens"]), dtype=torch.float64)])
+    g = dist.all_reduce_sum(sums)
+    grad_norm = engine.get_global_grad_norm()
+    return StepStats(loss=float(g[0] / global_pairs), accuracy=float(g[1] / global_pairs),
+                     margin=float(g[2] / global_pairs), n_pairs=int(global_pairs), real_tokens=int(g[3]),
+                     computed_tokens=int(g[4]), micro_steps=len(micro_batches),
+                     grad_norm=None if grad_norm is None else float(grad_norm), lr=float(engine.get_lr()[0]))
+
+
+@torch.no_grad()
+def score_batches(engine, micro_batches: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Rewards for eval micro-batches (every rank runs the same number of forwards, fillers included)."""
+    was_training = engine.module.training
+    engine.eval()
+    out = [rewards(engine, b) for b in micro_batches]
+    if was_training:
+        engine.train()
+    return out
+
+
+def gathered_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The full weights on every rank (ZeRO-3 partitions are gathered), detached CPU copies."""
+    named = list(engine.module.named_parameters())
+    if zero_stage(engine.config) == 3:
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+            return {n: p.detach().float().cpu().clone() for n, p in named}
+    return {n: p.detach().float().cpu().clone() for n, p in named}

@@ -1,0 +1,95 @@
+"""Tokenizer and reward model: AutoModelForSequenceClassification with one output (the reward).
+
+The reward of a sequence is the model's logit at its pooled token. Decoder models (Llama, Qwen,
+SmolLM2, ...) pool at the rightmost token that is not ``pad_token_id``; rm_ds ends every response
+with eos, so that token is eos only if pad != eos. ``resolve_pad_token`` enforces this at start-up.
+Encoder models (BERT/MiniLM) pool at [CLS] and are unaffected.
+
+This module does not touch deepspeed: for ZeRO-3 the caller builds the model inside its
+``HfDeepSpeedConfig`` so transformers creates it partitioned.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from rm_ds.builtin import resolve_model
+from rm_ds.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(name_or_path: str):
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+
+
+def pools_last_token(model_or_config) -> bool:
+    """True for heads that read the last non-pad token (decoder-style ``score`` heads)."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    arch = " ".join(getattr(cfg, "architectures", None) or [])
+    encoder_types = {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "electra", "distilbert",
+                     "albert", "mpnet", "modernbert", "camembert"}
+    return getattr(cfg, "model_type", "") not in encoder_types and "Bert" not in arch
+
+
+def resolve_pad_token(tokenizer, cfg: ModelConfig, *, last_token_pooling: bool) -> int:
+    """Set and return the pad id, refusing setups where the pooled token would be ambiguous."""
+    from rm_ds.tokenize import eos_id
+
+    eos = eos_id(tokenizer)
+    if cfg.pad_token is not None:
+        pid = tokenizer.convert_tokens_to_ids(cfg.pad_token)
+        if pid is None or pid == tokenizer.unk_token_id and cfg.pad_token != tokenizer.unk_token:
+            raise ValueError(f"model.pad_token: {cfg.pad_token!r} is not in the tokenizer's vocabulary")
+        tokenizer.pad_token = cfg.pad_token
+    elif tokenizer.pad_token_id is None:
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != eos:
+            log.warning("tokenizer has no pad token: using unk %r as pad", tokenizer.unk_token)
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            raise ValueError("tokenizer has no pad token and no unk token distinct from eos: "
+                             "set model.pad_token to a vocabulary token that differs from eos")
+    pad = int(tokenizer.pad_token_id)
+    if pad == eos and last_token_pooling:
+        msg = (f"pad token {tokenizer.pad_token!r} equals the eos/score token (id {eos}): the reward head reads the "
+               f"last non-pad token, so it would skip every response's final eos (and eos also occurs inside chat "
+               f"templates). Set model.pad_token to a distinct token")
+        if not cfg.allow_pad_eq_eos:
+            raise ValueError(msg + ", or model.allow_pad_eq_eos=true to accept pooling at the token before eos.")
+        log.warning("%s; continuing because model.allow_pad_eq_eos=true.", msg)
+    return pad
+
+
+def load_model_config(cfg: ModelConfig, *, pad_token_id: int):
+    path = resolve_model(cfg.name_or_path)
+    mc = AutoConfig.from_pretrained(path, num_labels=1)
+    mc.pad_token_id = pad_token_id
+    if cfg.dropout is not None:
+        for key, value in list(mc.to_dict().items()):
+            if "dropout" in key and isinstance(value, float):
+                setattr(mc, key, cfg.dropout)
+        if hasattr(mc, "classifier_dropout"):
+            mc.classifier_dropout = cfg.dropout
+    return mc
+
+
+def build_reward_model(cfg: ModelConfig, *, pad_token_id: int):
+    """Load the backbone with a fresh 1-output head (fp32 weights; DeepSpeed casts for bf16)."""
+    mc = load_model_config(cfg, pad_token_id=pad_token_id)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model(cfg.name_or_path), config=mc, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    model.config.use_cache = False
+    if cfg.activation_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    return model
+
+
+def rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward a collated batch; returns (chosen, rejected) rewards, each (B,), in fp32."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    r = out.logits.squeeze(-1).float()
+    b = r.shape[0] // 2
+    return r[:b], r[b:]

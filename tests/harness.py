@@ -1,0 +1,94 @@
+"""Run a function in N real processes over gloo, like DeepSpeed's ``DistributedTest``.
+
+    results = run_distributed(worker, world_size=2, args=(...))   # one result per rank, rank order
+
+Each rank is a fresh spawned interpreter with the launcher's environment (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR/PORT), one thread, DeepSpeed on its CPU accelerator. It joins the process
+group through ``rm_ds.dist.init`` (the product's own path), runs ``worker(*args)``, sends back its
+return value or its traceback, and leaves through ``rm_ds.dist.shutdown`` (the clean-exit path).
+A rank that fails or hangs fails the test with its traceback.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+import tempfile
+import time
+import traceback
+
+ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TORCHDYNAMO_DISABLE": "1", "HF_HUB_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(worker, args, rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(ENV)
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                       "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    import torch
+
+    code = 0
+    try:
+        from rm_ds import dist
+
+        dist.init()
+        result = ("ok", worker(*args))
+    except BaseException:
+        code = 1
+        result = ("error", traceback.format_exc())
+    path = os.path.join(out_dir, f"rank{rank}.pt")
+    torch.save(result, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    from rm_ds import dist
+
+    dist.shutdown(code)
+
+
+def run_distributed(worker, *, world_size: int, args: tuple = (), timeout: float = 300.0) -> list:
+    """Run ``worker(*args)`` on ``world_size`` ranks; return the per-rank results in rank order."""
+    import torch
+
+    ctx = mp.get_context("spawn")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="rm_ds_dist_") as out_dir:
+        procs = [ctx.Process(target=_entry, args=(worker, args, r, world_size, port, out_dir))
+                 for r in range(world_size)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout
+        errors: list[str] = []
+        while any(p.is_alive() for p in procs):
+            if time.monotonic() > deadline:
+                errors.append(f"timed out after {timeout}s")
+                break
+            if any(p.exitcode not in (None, 0) for p in procs):  # one failed: give the others a moment
+                time.sleep(2)
+                break
+            time.sleep(0.1)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join()
+        results = {}
+        for r in range(world_size):
+            path = os.path.join(out_dir, f"rank{r}.pt")
+            if not os.path.exists(path):
+                errors.append(f"rank {r} left no result (exit code {procs[r].exitcode})")
+                continue
+            status, value = torch.load(path, weights_only=False)
+            if status == "ok":
+                results[r] = value
+            else:
+                errors.append(f"rank {r} failed:\n{value}")
+        if errors:
+            raise AssertionError("\n".join(errors))
+        codes = [p.exitcode for p in procs]
+        assert codes == [0] * world_size, f"ranks exited with {codes}"
+        return [results[r] for r in range(world_size)]
