@@ -21,9 +21,11 @@ part in each forward, as ZeRO-3 needs) becomes one dummy pair ``[eos]`` vs ``[eo
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+
+from rm_ds.packing import collate_layout
 
 
 def collate_pairs(rows: Sequence[dict], *, pad_id: int, eos_id: int) -> dict:
@@ -50,3 +52,25 @@ def collate_pairs(rows: Sequence[dict], *, pad_id: int, eos_id: int) -> dict:
         "real_tokens": int(attention_mask.sum().item()) if len(pair_mask) and pair_mask[0] else 0,
         "computed_tokens": int(input_ids.numel()),
     }
+
+
+def make_collate(*, prefix_sharing: bool, packing: bool, pad_id: int, eos_id: int,
+                 row_tokens: int | None = None) -> Callable[[Sequence[dict]], dict]:
+    """rows -> batch for the configured layout (``data.prefix_sharing``, ``data.packing``).
+
+    Neither: ``collate_pairs`` (2B padded rows) plus ``unshared_tokens`` (= its real tokens), so every
+    layout reports the same counts. Otherwise ``rm_ds.packing.collate_layout``: one ``[P|C|R]`` row
+    per pair, or pairs packed into one row (``row_tokens``: rows of at most that many tokens), with a
+    4-D block mask and per-pair position ids. ``rm_ds.model.rewards`` reads either.
+    """
+    if not prefix_sharing and not packing:
+        def padded(rows: Sequence[dict]) -> dict:
+            batch = collate_pairs(rows, pad_id=pad_id, eos_id=eos_id)
+            batch["unshared_tokens"] = batch["real_tokens"]
+            return batch
+        return padded
+
+    def collate(rows: Sequence[dict]) -> dict:
+        return collate_layout(rows, prefix_sharing=prefix_sharing, packing=packing, pad_id=pad_id,
+                              eos_id=eos_id, row_tokens=row_tokens)
+    return collate

@@ -92,6 +92,10 @@ class DataConfig:
     """Text placed before the response when no chat template is used."""
     num_proc: int = 1
     """Worker processes for tokenisation (datasets.map)."""
+    prefix_sharing: bool = False
+    """Score each pair as one row [prompt|chosen|rejected] with a block mask (last-token decoder models only)."""
+    packing: bool = False
+    """Pack several pairs into one row with no padding; train.token_budget then caps the row's real tokens."""
 
 
 @dataclass
@@ -223,6 +227,14 @@ def validate(cfg: Config) -> None:
         _check(cfg.eval.token_budget >= d.max_length, "eval.token_budget", "must be >= data.max_length")
     _check(cfg.logging.log_every >= 1, "logging.log_every", "must be >= 1")
     _check(d.num_proc >= 1, "data.num_proc", "must be >= 1")
+    if d.prefix_sharing or d.packing:  # rows hold both responses of a pair: up to 2 x max_length real tokens
+        _check(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation",
+               "data.prefix_sharing/packing pass a 4-D block mask, which needs sdpa or eager")
+        for key, budget in (("train.token_budget", t.token_budget if t.micro_batching == "token_budget" else None),
+                            ("eval.token_budget", cfg.eval.token_budget)):
+            _check(budget is None or budget >= 2 * d.max_length, key,
+                   f"with data.prefix_sharing/packing the budget counts a pair's real row tokens (up to "
+                   f"2 x data.max_length = {2 * d.max_length}); {budget} is too small")
     resolve_ds_config_path(cfg.deepspeed.config)  # raises ConfigError naming deepspeed.config
 
 

@@ -88,8 +88,54 @@ def build_reward_model(cfg: ModelConfig, *, pad_token_id: int):
 
 
 def rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward a collated batch; returns (chosen, rejected) rewards, each (B,), in fp32."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    r = out.logits.squeeze(-1).float()
-    b = r.shape[0] // 2
-    return r[:b], r[b:]
+    """Forward a collated batch; returns (chosen, rejected) rewards, each (B,), in fp32.
+
+    ``model`` may be the DeepSpeed engine (the forward goes through it, so ZeRO-3's hooks run).
+    Padded batches (``collate_pairs``: rows 0..B-1 chosen, B..2B-1 rejected) use the head's own
+    pooling. Shared/packed batches (``rm_ds.packing``) carry a block mask, position ids and the flat
+    positions of the score tokens: the reward head's per-position output is captured by a forward
+    hook and read there.
+    """
+    if batch.get("layout", "padded") == "padded":
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        r = out.logits.squeeze(-1).float()
+        b = r.shape[0] // 2
+        return r[:b], r[b:]
+    return _rewards_at_positions(model, batch)
+
+
+def require_last_token_pooling(model_or_config) -> None:
+    """Refuse shared/packed layouts for models that do not score the last token (encoders pool [CLS])."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    if not pools_last_token(cfg):
+        raise ValueError(f"data.prefix_sharing / data.packing need a decoder reward model that scores each sequence's "
+                         f"last token (a 'score' head); {getattr(cfg, 'model_type', '?')!r} pools its first ([CLS]) "
+                         f"token, which a shared or packed row does not have per response. Turn both off for it")
+
+
+def reward_head(model) -> torch.nn.Module:
+    """The ``score`` head of a last-token-pooling model (inside a DeepSpeed engine or PEFT wrapper)."""
+    root = getattr(model, "module", model)
+    require_last_token_pooling(root)
+    for name, module in root.named_modules():
+        if name.rsplit(".", 1)[-1] == "score":
+            return module
+    raise ValueError(f"data.prefix_sharing / data.packing read rewards from a 'score' head; "
+                     f"{type(root).__name__} has none")
+
+
+def _rewards_at_positions(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    from rm_ds.packing import attention_mask_for
+
+    head = reward_head(model)
+    root = getattr(model, "module", model)
+    dtype = next(root.parameters()).dtype
+    mask = attention_mask_for(batch["attention_mask"], root.config._attn_implementation, dtype)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, _inp, out: captured.append(out))
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False)
+    finally:
+        hook.remove()
+    per_token = captured[-1].reshape(-1).float()  # (rows * T,): the head's output at every position
+    return per_token[batch["chosen_index"]], per_token[batch["rejected_index"]]

@@ -31,6 +31,7 @@ How one epoch is built:
    and greedily packed under the budget; that fixes the fewest micro-steps per rank.  It is then
    re-cut into exactly ``min(world_size * micro_steps, pairs)`` micro-batches, as even as possible
    in padded tokens ``len(mb) * max length`` (so no filler unless the step has too few pairs),
+   or in summed lengths with ``cost="sum"`` (pairs packed into rows with no padding),
    and dealt out one micro-step at a time, the largest micro-batch to the least loaded rank.
 
 Worked example: 6 pairs, 4 pairs per step, 2 ranks, at most 8 padded tokens per micro-batch.
@@ -62,6 +63,7 @@ A step with 3 pairs on 2 ranks where no two pairs fit together needs one filler:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections.abc import Iterator, Sequence
@@ -97,12 +99,17 @@ class SamplerConfig:
     """Mega-batch = ``group_size`` global batches (only with ``length_grouping``)."""
     drop_last: bool = False
     """Drop the final partial global batch of an epoch (default: keep it, no pair lost)."""
+    cost: Literal["padded", "sum"] = "padded"
+    """token_budget mode: ``padded`` charges a micro-batch ``len(mb) * max(length)`` (rows padded to the
+    longest); ``sum`` charges ``sum(length)`` (pairs packed into one row with no padding)."""
 
     def __post_init__(self) -> None:
         _require_positive_int("global_batch_pairs", self.global_batch_pairs)
         _require_positive_int("group_size", self.group_size)
         if self.mode not in ("token_budget", "fixed"):
             raise ValueError(f"mode must be 'token_budget' or 'fixed', got {self.mode!r}")
+        if self.cost not in ("padded", "sum"):
+            raise ValueError(f"cost must be 'padded' or 'sum', got {self.cost!r}")
         if self.mode == "token_budget":
             if self.token_budget is None:
                 raise ValueError("token_budget is required when mode='token_budget'")
@@ -143,7 +150,9 @@ class PairSampler:
         self.world_size = world_size
         self.rank = rank
         self.seed = int(seed)
-        self._caps = _micro_caps(self.lengths, token_budget=budget, pairs_per_micro=config.pairs_per_micro)
+        self._sum_budget = budget if config.cost == "sum" else None
+        self._caps = _micro_caps(self.lengths, token_budget=None if self._sum_budget else budget,
+                                 pairs_per_micro=config.pairs_per_micro)
         self._epoch = 0
         self._step = 0
         self._cache: tuple[int, list[StepPlan]] | None = None
@@ -161,7 +170,7 @@ class PairSampler:
         caps = self._caps[order].tolist()
         idx = order.tolist()
         return [
-            _plan_batch(idx[a:b], lens[a:b], caps[a:b], world_size=self.world_size)
+            _plan_batch(idx[a:b], lens[a:b], caps[a:b], world_size=self.world_size, sum_budget=self._sum_budget)
             for a, b in itertools.pairwise(bounds)
         ]
 
@@ -202,14 +211,15 @@ class PairSampler:
 
 
 def eval_shards(
-    lengths: Sequence[int], *, world_size: int, token_budget: int | None, pairs_per_micro: int | None
+    lengths: Sequence[int], *, world_size: int, token_budget: int | None, pairs_per_micro: int | None,
+    cost: Literal["padded", "sum"] = "padded",
 ) -> list[list[list[int]]]:
     """Evaluation plan ``[rank][micro_step] -> pair indices``: every pair exactly once, no shuffle.
 
     Every rank gets the same number of micro-batches (``[]`` fillers where a rank has nothing,
     only in the last micro-step); shards may hold different numbers of pairs.  Pairs are sorted
     longest first, so the first micro-step is the heaviest.  Both caps apply when both are given;
-    at least one is required.
+    at least one is required. ``cost`` is as in ``SamplerConfig`` (``sum`` for packed rows).
 
     >>> eval_shards([3, 9, 2, 9, 1], world_size=2, token_budget=9, pairs_per_micro=None)
     [[[1], [0, 2]], [[3], [4]]]
@@ -221,10 +231,14 @@ def eval_shards(
         _require_positive_int("token_budget", token_budget)
     if pairs_per_micro is not None:
         _require_positive_int("pairs_per_micro", pairs_per_micro)
+    if cost not in ("padded", "sum"):
+        raise ValueError(f"cost must be 'padded' or 'sum', got {cost!r}")
+    sum_budget = token_budget if cost == "sum" else None
     lens_arr = _as_lengths(lengths, token_budget=token_budget)
-    caps_arr = _micro_caps(lens_arr, token_budget=token_budget, pairs_per_micro=pairs_per_micro)
+    caps_arr = _micro_caps(lens_arr, token_budget=None if sum_budget else token_budget, pairs_per_micro=pairs_per_micro)
     order = np.lexsort((np.arange(lens_arr.size), -lens_arr))
-    return _plan_batch(order.tolist(), lens_arr[order].tolist(), caps_arr[order].tolist(), world_size=world_size)
+    return _plan_batch(order.tolist(), lens_arr[order].tolist(), caps_arr[order].tolist(), world_size=world_size,
+                       sum_budget=sum_budget)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -258,7 +272,8 @@ def _epoch_order(
     return full, bounds
 
 
-def _plan_batch(idx: list[int], lens: list[int], caps: list[int], *, world_size: int) -> StepPlan:
+def _plan_batch(idx: list[int], lens: list[int], caps: list[int], *, world_size: int,
+                sum_budget: int | None = None) -> StepPlan:
     """Pack one global batch (sorted longest first) and deal it out: ``[rank][micro_step]``.
 
     ``caps[i]`` is how many pairs fit in a micro-batch whose longest pair is ``idx[i]``.
@@ -266,9 +281,19 @@ def _plan_batch(idx: list[int], lens: list[int], caps: list[int], *, world_size:
     The greedy packing fixes the fewest micro-steps; the batch is then re-cut into exactly
     ``min(steps * world_size, n)`` micro-batches with the smallest possible largest one, so ranks
     and micro-steps carry similar padded tokens.
+    With ``sum_budget`` a micro-batch costs the sum of its lengths (packed rows) instead of
+    ``n_pairs * longest``, and must stay within ``sum_budget``.
     """
     n = len(idx)
-    micros = _pack(lens, caps, limit=None)
+    prefix = list(itertools.accumulate(lens, initial=0)) if sum_budget is not None else None
+
+    def cost(m: tuple[int, int]) -> int:
+        return prefix[m[1]] - prefix[m[0]] if prefix is not None else (m[1] - m[0]) * lens[m[0]]
+
+    def pack(limit: int | None, stop: int | None = None) -> list[tuple[int, int]]:
+        return _pack(lens, caps, limit=limit, stop=stop, prefix=prefix, sum_budget=sum_budget)
+
+    micros = pack(None)
     steps = -(-len(micros) // world_size)  # fewest micro-steps that hold the budget packing
     target = min(steps * world_size, n)
     if target == n:  # one pair per micro-batch; lengths descending = costs descending
@@ -277,15 +302,15 @@ def _plan_batch(idx: list[int], lens: list[int], caps: list[int], *, world_size:
         # smallest per-micro token cap that still needs at most `target` micro-batches; every
         # pair pads to at least its own length, so the cap is at least the mean over `target`
         lo = max(lens[0], -(-sum(lens) // target))
-        hi = max((b - a) * lens[a] for a, b in micros)
+        hi = max(cost(m) for m in micros)
         while lo < hi:
             mid = (lo + hi) // 2
-            if len(_pack(lens, caps, limit=mid, stop=target + 1)) <= target:
+            if len(pack(mid, stop=target + 1)) <= target:
                 hi = mid
             else:
                 lo = mid + 1
-        micros = _split_to(_pack(lens, caps, limit=lo), lens, target=target)
-        micros.sort(key=lambda m: (-(m[1] - m[0]) * lens[m[0]], m[0]))
+        micros = _split_to(pack(lo), cost, target=target)
+        micros.sort(key=lambda m: (-cost(m), m[0]))
     if world_size == 1:
         return [[idx[a:b] for a, b in micros]]
 
@@ -298,21 +323,30 @@ def _plan_batch(idx: list[int], lens: list[int], caps: list[int], *, world_size:
         chunk = micros[s * world_size : (s + 1) * world_size]
         for (a, b), r in zip(chunk, by_load, strict=False):  # the last micro-step may be short
             plan[r].append(idx[a:b])
-            load[r] += (b - a) * lens[a]
+            load[r] += cost((a, b))
         for r in by_load[len(chunk) :]:
             plan[r].append([])  # filler: only when every micro-batch is already a single pair
     return plan
 
 
-def _pack(lens: list[int], caps: list[int], *, limit: int | None, stop: int | None = None) -> list[tuple[int, int]]:
+def _pack(lens: list[int], caps: list[int], *, limit: int | None, stop: int | None = None,
+          prefix: list[int] | None = None, sum_budget: int | None = None) -> list[tuple[int, int]]:
     """Greedy longest-first packing into slices ``(start, end)``; fewest micro-batches for sorted lens.
 
     With ``limit`` (>= ``lens[0]``) a micro-batch also keeps ``n_pairs * longest <= limit``.
+    With ``prefix`` (prefix sums of ``lens``) the cost is the sum of lengths instead, kept within
+    ``limit`` or else ``sum_budget`` (greedy is then the fewest contiguous slices).
     With ``stop`` it gives up after ``stop`` micro-batches (enough to tell "too many").
     """
     micros: list[tuple[int, int]] = []
     i, n = 0, len(lens)
     while i < n and len(micros) != stop:
+        if prefix is not None:
+            cap = sum_budget if limit is None else limit
+            j = max(i + 1, min(n, i + caps[i], bisect.bisect_right(prefix, prefix[i] + cap) - 1))
+            micros.append((i, j))
+            i = j
+            continue
         k = caps[i] if limit is None else min(caps[i], limit // lens[i])
         j = min(n, i + k)
         micros.append((i, j))
@@ -320,14 +354,14 @@ def _pack(lens: list[int], caps: list[int], *, limit: int | None, stop: int | No
     return micros
 
 
-def _split_to(micros: list[tuple[int, int]], lens: list[int], *, target: int) -> list[tuple[int, int]]:
+def _split_to(micros: list[tuple[int, int]], cost, *, target: int) -> list[tuple[int, int]]:
     """Halve the costliest multi-pair micro-batches until there are ``target`` of them.
 
-    Halves keep the budget: fewer pairs, and the longest pair is no longer.
+    Halves keep the budget: fewer pairs, and the longest pair is no longer (and the sum is smaller).
     """
     if len(micros) >= target:
         return micros
-    heap = [(-(b - a) * lens[a], a - b, a, b) for a, b in micros if b - a > 1]
+    heap = [(-cost((a, b)), a - b, a, b) for a, b in micros if b - a > 1]
     done = [(a, b) for a, b in micros if b - a == 1]
     heapq.heapify(heap)
     while len(heap) + len(done) < target:
@@ -335,7 +369,7 @@ def _split_to(micros: list[tuple[int, int]], lens: list[int], *, target: int) ->
         mid = a + (b - a + 1) // 2
         for lo, hi in ((a, mid), (mid, b)):
             if hi - lo > 1:
-                heapq.heappush(heap, (-(hi - lo) * lens[lo], lo - hi, lo, hi))
+                heapq.heappush(heap, (-cost((lo, hi)), lo - hi, lo, hi))
             else:
                 done.append((lo, hi))
     return [(a, b) for _, _, a, b in heap] + done

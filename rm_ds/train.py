@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,10 +183,11 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
     """Optimizer steps until ``total_steps``; evaluates on schedule; returns throughput totals."""
     cfg, info = tr.cfg, tr.info
     progress = None
-    if info.is_main and cfg.logging.progress:
+    if info.is_main and cfg.logging.progress and sys.stderr.isatty():
         from tqdm import tqdm
 
         progress = tqdm(total=tr.total_steps, initial=tr.step, desc="train", unit="step", dynamic_ncols=True)
+    report_every = max(1, tr.total_steps // 20)  # without a terminal: a progress line every 5%
     totals = {"pairs": 0, "real": 0, "computed": 0, "time": 0.0}
     while tr.step < tr.total_steps:
         epoch = tr.sampler.state_dict()["epoch"]
@@ -212,6 +214,9 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{stats.loss:.4f}", acc=f"{stats.accuracy:.3f}")
+            elif cfg.logging.progress and (tr.step % report_every == 0 or tr.step == tr.total_steps):
+                log.info("step %d/%d  loss %.4f  accuracy %.3f  lr %.2e  %.1f pairs/s", tr.step, tr.total_steps,
+                         stats.loss, stats.accuracy, stats.lr, stats.n_pairs / dt)
             if tr.data.eval is not None and cfg.eval.every_steps and tr.step % cfg.eval.every_steps == 0 \
                     and tr.step < tr.total_steps:
                 m = evaluate_and_log(tr, tr.step)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
                           AutoTokenizer)
 
 from rm_ds import builtin

@@ -1,0 +1,228 @@
+"""Prefix-shared and packed batch layouts: rows, block masks, position ids, and where to read rewards.
+
+Why: the chosen and rejected sequences of a pair share their prompt. The padded layout
+(``rm_ds.collate.collate_pairs``) computes the prompt twice and pads every row to the longest.
+Prefix sharing computes one row ``[P|C|R]`` per pair; packing puts several pairs in one row with no
+padding. Both give the same rewards as the padded layout (up to float rounding) because of the mask
+and the position ids (arXiv 2410.20305):
+
+- causal attention inside a pair, except that R's tokens do not attend to C's;
+- positions restart per pair; R continues from the end of P (``P_len .. P_len+R_len-1``), as if C
+  were not there;
+- pairs in one row never attend to each other (block diagonal); pad tokens attend only to pad.
+
+One pair ``P=[p0 p1]``, ``C=[c0 c1]``, ``R=[r0]`` shared, next to a padded second row::
+
+    >>> rows = [dict(prompt_ids=[5, 6], chosen_ids=[7, 2], rejected_ids=[2], margin=0.0, weight=1.0),
+    ...         dict(prompt_ids=[5], chosen_ids=[2], rejected_ids=[2], margin=0.0, weight=1.0)]
+    >>> b = collate_layout(rows, prefix_sharing=True, packing=False, pad_id=0, eos_id=2)
+    >>> b["input_ids"]                        # one row per pair: [P|C|R], right-padded
+    tensor([[5, 6, 7, 2, 2],
+            [5, 2, 2, 0, 0]])
+    >>> b["position_ids"]                     # R (column 4 of row 0) continues from P, not from C
+    tensor([[0, 1, 2, 3, 2],
+            [0, 1, 1, 0, 0]])
+    >>> b["attention_mask"][0, 0].int()       # row 0: r0 (last line) sees p0 p1, not c0 c1
+    tensor([[1, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 0],
+            [1, 1, 0, 0, 1]], dtype=torch.int32)
+    >>> b["chosen_index"].tolist(), b["rejected_index"].tolist()   # flat indices into (rows * T)
+    ([3, 6], [4, 7])
+    >>> b["real_tokens"], b["computed_tokens"], b["unshared_tokens"]   # unshared: (2+2)+(2+1)+(1+1)+(1+1)
+    (8, 10, 11)
+
+The same two pairs packed into one row (no padding, positions restart per pair)::
+
+    >>> b = collate_layout(rows, prefix_sharing=True, packing=True, pad_id=0, eos_id=2)
+    >>> b["input_ids"], b["position_ids"]
+    (tensor([[5, 6, 7, 2, 2, 5, 2, 2]]), tensor([[0, 1, 2, 3, 2, 0, 1, 1]]))
+    >>> b["chosen_index"].tolist(), b["rejected_index"].tolist(), b["computed_tokens"]
+    ([3, 6], [4, 7], 8)
+
+Packing without sharing lays out ``[P|C][P|R]`` per pair. Every batch carries ``layout``
+(``"rows"``: one row per pair, ``"packed"``: several pairs per row), ``input_ids``, ``position_ids``
+(R, T), a bool ``attention_mask`` (R, 1, T, T), ``chosen_index``/``rejected_index`` (B,) into the
+flattened (R*T) per-token outputs, the per-pair ``margin``/``weight``/``pair_mask``, and the counts
+``n_pairs``, ``real_tokens`` (non-pad tokens computed), ``computed_tokens`` (R*T) and
+``unshared_tokens`` (what the padded layout would compute as real tokens: ``2P + C + R`` per pair).
+``rm_ds.model.rewards`` turns the bool mask into the form the attention implementation needs
+(``attention_mask_for``) and reads the rewards at the two indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+PROMPT, CHOSEN, REJECTED = 0, 1, 2
+MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+"""Attention implementations that take the 4-D block mask (bool for sdpa, additive for eager)."""
+
+
+def layout_name(*, prefix_sharing: bool, packing: bool) -> str:
+    """``padded`` (collate_pairs), ``shared`` ([P|C|R] rows), ``packed`` or ``shared_packed``."""
+    if packing:
+        return "shared_packed" if prefix_sharing else "packed"
+    return "shared" if prefix_sharing else "padded"
+
+
+def pair_lengths(ds, *, prefix_sharing: bool, packing: bool) -> np.ndarray:
+    """Per-pair sampler cost for a tokenized dataset (``rm_ds.tokenize`` columns).
+
+    padded: ``pair_len`` = P + max(C, R) (the sampler charges ``n * max``, and the batch computes
+    twice that); shared: the row length P + C + R; packed: P + C + P + R; shared_packed: P + C + R.
+    Packed layouts need ``SamplerConfig(cost="sum")``, the others ``cost="padded"``.
+    """
+    if not prefix_sharing and not packing:
+        return np.asarray(ds["pair_len"], dtype=np.int64)
+    chosen = np.asarray(ds["chosen_len"], dtype=np.int64)
+    rejected = np.asarray(ds["rejected_len"], dtype=np.int64)
+    if not prefix_sharing:
+        return chosen + rejected
+    return chosen + rejected - _prompt_lengths(ds)
+
+
+def sampler_cost(*, packing: bool) -> str:
+    """The ``SamplerConfig.cost`` / ``eval_shards(cost=)`` that matches the layout."""
+    return "sum" if packing else "padded"
+
+
+def _prompt_lengths(ds) -> np.ndarray:
+    if hasattr(ds, "with_format"):  # a datasets.Dataset: list lengths straight from arrow (20k rows: 2 ms)
+        import pyarrow.compute as pc
+
+        col = ds.with_format("arrow")["prompt_ids"]
+        return np.asarray(pc.list_value_length(col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return np.asarray([len(p) for p in ds["prompt_ids"]], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- rows and masks
+
+
+def _segments(row: dict, *, prefix_sharing: bool) -> list[tuple[list[int], list[int], list[int]]]:
+    """One pair as segments ``(ids, positions, parts)``; a segment is one attention block.
+
+    The score tokens are the last CHOSEN and the last REJECTED token of the pair's segments.
+    """
+    p, c, r = row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]
+    np_, nc, nr = len(p), len(c), len(r)
+    if prefix_sharing:
+        return [(p + c + r,
+                 list(range(np_ + nc)) + list(range(np_, np_ + nr)),
+                 [PROMPT] * np_ + [CHOSEN] * nc + [REJECTED] * nr)]
+    return [(p + c, list(range(np_ + nc)), [PROMPT] * np_ + [CHOSEN] * nc),
+            (p + r, list(range(np_ + nr)), [PROMPT] * np_ + [REJECTED] * nr)]
+
+
+def block_mask(segment_ids: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+    """Bool mask (R, 1, T, T), True = query may attend to key, from per-token ids of shape (R, T).
+
+    Query q sees key k when both lie in the same segment, k <= q, and not (q in R, k in C).
+    Pad tokens (segment -1) see earlier pad tokens and themselves, so no query row is empty
+    (an all-masked row turns into NaN under eager attention with -inf).
+    """
+    t = segment_ids.shape[1]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(t, t, dtype=torch.bool).tril_()
+    r_sees_c = (parts[:, :, None] == REJECTED) & (parts[:, None, :] == CHOSEN)
+    return (same & causal & ~r_sees_c).unsqueeze(1)
+
+
+def attention_mask_for(mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """The bool block mask in the format the attention implementation reads.
+
+    sdpa: bool as is. eager: additive float, 0 where allowed and the dtype's minimum elsewhere (eager
+    adds the mask to the scores, so a bool mask there would silently add 0/1).
+    """
+    if attn_implementation == "sdpa":
+        return mask
+    if attn_implementation == "eager":
+        return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+    raise ValueError(f"prefix sharing / packing build a 4-D block mask, which attn_implementation "
+                     f"{attn_implementation!r} does not take here; use one of {MASK_IMPLEMENTATIONS}")
+
+
+def _first_fit(items: Sequence[int], width: int) -> list[list[int]]:
+    """Indices of ``items`` (lengths) in rows of at most ``width`` (first fit, longest first)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(items)), key=lambda j: -items[j]):
+        for k, left in enumerate(room):
+            if items[i] <= left:
+                rows[k].append(i)
+                room[k] -= items[i]
+                break
+        else:
+            rows.append([i])
+            room.append(width - items[i])
+    return rows
+
+
+def collate_layout(rows: Sequence[dict], *, prefix_sharing: bool, packing: bool, pad_id: int, eos_id: int,
+                   row_tokens: int | None = None) -> dict:
+    """Rows of pairs -> a shared and/or packed batch (layout in the module docstring).
+
+    ``packing`` puts all pairs in one row, or with ``row_tokens`` in as few rows of at most that many
+    tokens as first-fit finds (a pair never spans two rows); rows are then padded to the longest.
+    Without packing each pair is its own row (only with ``prefix_sharing``).
+    """
+    if not prefix_sharing and not packing:
+        raise ValueError("the padded layout is rm_ds.collate.collate_pairs")
+    real = bool(rows)
+    if not rows:  # filler micro-batch: one dummy pair with zero weight (see rm_ds.collate)
+        rows = [dict(prompt_ids=[], chosen_ids=[eos_id], rejected_ids=[eos_id], margin=0.0, weight=0.0)]
+    pairs = [_segments(r, prefix_sharing=prefix_sharing) for r in rows]
+    sizes = [sum(len(s[0]) for s in segs) for segs in pairs]
+    if not packing:
+        layout_rows = [[i] for i in range(len(pairs))]
+    elif row_tokens is None:
+        layout_rows = [list(range(len(pairs)))]
+    else:
+        layout_rows = _first_fit(sizes, max(row_tokens, max(sizes)))
+    width = max(sum(sizes[i] for i in lr) for lr in layout_rows)
+    n_rows = len(layout_rows)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    segment_ids = torch.full((n_rows, width), -1, dtype=torch.long)
+    parts = torch.zeros((n_rows, width), dtype=torch.long)
+    chosen_index = torch.zeros(len(pairs), dtype=torch.long)
+    rejected_index = torch.zeros(len(pairs), dtype=torch.long)
+    for r, members in enumerate(layout_rows):
+        at, seg = 0, 0
+        for i in members:
+            for ids, pos, part in pairs[i]:
+                n = len(ids)
+                input_ids[r, at:at + n] = torch.tensor(ids)
+                position_ids[r, at:at + n] = torch.tensor(pos)
+                segment_ids[r, at:at + n] = seg
+                parts[r, at:at + n] = torch.tensor(part)
+                # score tokens: each response's last token (its eos); in [P|C|R], C ends where R starts
+                n_p = part.count(PROMPT)
+                if CHOSEN in part:
+                    chosen_index[i] = r * width + at + n_p + part.count(CHOSEN) - 1
+                if REJECTED in part:
+                    rejected_index[i] = r * width + at + n - 1
+                at += n
+                seg += 1
+    p_lens = [len(r["prompt_ids"]) for r in rows]
+    unshared = sum(2 * p + len(r["chosen_ids"]) + len(r["rejected_ids"]) for p, r in zip(p_lens, rows))
+    pair_mask = torch.full((len(rows),), 1.0 if real else 0.0)
+    return {
+        "layout": "packed" if packing else "rows",
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": block_mask(segment_ids, parts),
+        "chosen_index": chosen_index,
+        "rejected_index": rejected_index,
+        "margin": torch.tensor([float(r.get("margin", 0.0)) for r in rows]),
+        "weight": torch.tensor([float(r.get("weight", 1.0)) for r in rows]),
+        "pair_mask": pair_mask,
+        "n_pairs": int(pair_mask.sum().item()),
+        "real_tokens": sum(sizes) if real else 0,
+        "computed_tokens": int(input_ids.numel()),
+        "unshared_tokens": unshared if real else 0,
+    }

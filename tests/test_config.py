@@ -1,0 +1,97 @@
+"""Config tree: every shipped YAML and DeepSpeed JSON loads; overrides and errors name the key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rm_ds.config import (CONFIGS_DIR, DS_CONFIGS_DIRS, Config, ConfigError, build_ds_config, load_config,
+                          parse_overrides, save_config)
+
+SHIPPED_YAML = sorted(CONFIGS_DIR.glob("*.yaml"))
+SHIPPED_JSON = sorted(DS_CONFIGS_DIRS[0].glob("*.json"))
+
+
+def test_something_is_shipped():
+    assert {p.stem for p in SHIPPED_YAML} >= {"default", "smollm2", "tiny"}
+    assert {p.stem for p in SHIPPED_JSON} >= {"zero0", "zero2", "zero3", "zero3_offload"}
+
+
+@pytest.mark.parametrize("path", SHIPPED_YAML, ids=lambda p: p.name)
+def test_every_shipped_yaml_loads_and_starts_with_its_command(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#"), f"{path.name} must start with the command that runs it"
+    assert "rm_ds" in path.read_text().split("\n\n")[0] or "rm-ds" in path.read_text().split("\n\n")[0]
+
+
+@pytest.mark.parametrize("path", SHIPPED_JSON, ids=lambda p: p.name)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_every_ds_json_resolves_without_auto(path, dtype):
+    cfg = load_config(None, [f"deepspeed.config={path.stem}", f"model.dtype={dtype}", "train.global_batch_pairs=12"])
+    ds = build_ds_config(cfg, world_size=3, max_micro_steps=2)
+    text = json.dumps(ds)
+    assert '"auto"' not in text
+    assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 3
+    assert ds["gradient_accumulation_steps"] == 2
+    assert ds["bf16"]["enabled"] is (dtype == "bf16")
+    assert ds["gradient_clipping"] == cfg.train.max_grad_norm
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("default", ["train.lr=1e-5", "data.eval_path=null", "train.adam_betas=[0.8,0.9]",
+                                  "model.activation_checkpointing=true", "eval.thresholds=[0, 1.5]"])
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.data.eval_path is None
+    assert cfg.train.adam_betas == (0.8, 0.9)
+    assert cfg.model.activation_checkpointing is True
+    assert cfg.eval.thresholds == (0.0, 1.5)
+    assert parse_overrides(["a.b.c=3"]) == {"a": {"b": {"c": 3}}}
+
+
+@pytest.mark.parametrize("override,fragment", [
+    (["train.lr=fast"], "train.lr: expected a number"),
+    (["train.lr=-1"], "train.lr: must be > 0"),
+    (["train.epochs=1.5"], "train.epochs: expected an integer"),
+    (["train.lrr=1"], "train.lrr: unknown key"),
+    (["nope.x=1"], "nope: unknown key"),
+    (["model.dtype=fp16"], "model.dtype: expected one of ['fp32', 'bf16']"),
+    (["train.token_budget=16", "data.max_length=64"], "train.token_budget: 16 is smaller than data.max_length=64"),
+    (["deepspeed.config=zero9"], "deepspeed.config: 'zero9'"),
+    (["train.adam_betas=[0.9]"], "train.adam_betas: expected 2 items"),
+    (["loss.label_smoothing=0.7"], "loss.label_smoothing"),
+    (["trainlr"], "expected key.sub=value"),
+])
+def test_errors_name_the_key(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config("default", override)
+    assert fragment in str(e.value)
+
+
+def test_yaml_errors_name_the_key(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  global_batch_pairs: many\n")
+    with pytest.raises(ConfigError, match="train.global_batch_pairs: expected an integer"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="no file 'missing.yaml'"):
+        load_config("missing.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("default", ["train.lr=2e-5", "eval.thresholds=[0.5]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg
+
+
+def test_ds_json_with_a_hand_set_batch_field_is_refused(tmp_path):
+    p = tmp_path / "mine.json"
+    p.write_text(json.dumps({"train_batch_size": 64, "zero_optimization": {"stage": 2}}))
+    cfg = load_config(None, [f"deepspeed.config={p}"])
+    with pytest.raises(ConfigError, match="train_batch_size is derived"):
+        build_ds_config(cfg, world_size=2, max_micro_steps=1)
+    p.write_text(json.dumps({"zero_optimization": {"stage": "auto"}}))
+    with pytest.raises(ConfigError, match='unresolved "auto" at zero_optimization.stage'):
+        build_ds_config(load_config(None, [f"deepspeed.config={p}"]), world_size=2, max_micro_steps=1)
