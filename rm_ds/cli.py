@@ -1,6 +1,13 @@
 """The ``rm-ds`` console script.
 
     rm-ds train [--config NAME_OR_YAML] [key.sub=value ...]
+    rm-ds eval  [--config NAME_OR_YAML] model.name_or_path=DIR data.eval_path=FILE [key.sub=value ...]
+    rm-ds export --run-dir RUN_DIR [--step final|best|step_NNNNNNNN] [--out DIR] [--adapter]
+    rm-ds compare RUN_DIR... [--out DIR]      (or one parent directory of runs)
+
+Under ``mpirun`` add ``--mpi`` (rank, world size and master come from MPI through mpi4py)::
+
+    mpirun -np 2 python -m rm_ds.cli train --mpi --config tiny
 
 Under the ``deepspeed`` launcher, run it as a module (the launcher adds ``--local_rank=N``)::
 
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rm_ds.config import ConfigError, load_config
 
@@ -22,6 +30,20 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a reward model")
     t.add_argument("--config", default="default", help="a shipped config name (default, smollm2, tiny) or a YAML path")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.lr=1e-5")
+    t.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")
+    e = sub.add_parser("eval", help="evaluate a saved model on a dataset (any number of ranks)")
+    e.add_argument("--config", default="default", help="a shipped config name or a YAML path")
+    e.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. model.name_or_path=runs/x/export")
+    e.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")
+    x = sub.add_parser("export", help="export a run's checkpoint as a Hugging Face folder")
+    x.add_argument("--run-dir", required=True, help="the training run directory (holds config.yaml, checkpoints/)")
+    x.add_argument("--step", default="final", help="final, best, latest or a checkpoint tag like step_00000040")
+    x.add_argument("--out", default=None, help="output folder (default RUN_DIR/export/STEP)")
+    x.add_argument("--adapter", action="store_true", help="LoRA runs: write a PEFT adapter instead of merging")
+    c = sub.add_parser("compare", help="compare runs: a table (CSV, Markdown) and eval curves (PNG)")
+    c.add_argument("runs", nargs="+", type=Path, help="run directories, or one parent of run directories")
+    c.add_argument("--out", type=Path, default=None,
+                   help="where compare.csv, compare.md and the PNGs go (default: the runs' common parent)")
     return p
 
 
@@ -30,14 +52,26 @@ def main(argv: list[str] | None = None) -> None:
     # the deepspeed launcher puts --local_rank=N before the sub-command; accept it anywhere
     argv = [a for a in argv if not a.startswith("--local_rank")]
     args = _parser().parse_args(argv)
-    if args.command == "train":
+    if args.command in ("train", "eval"):
         try:
             cfg = load_config(args.config, args.overrides)
         except ConfigError as e:
             sys.exit(f"rm-ds: config error: {e}")
+        if args.mpi:
+            from rm_ds import dist
+
+            dist.init(mpi_discovery=True)  # train/eval then find the process group already formed
         from rm_ds.train import main as train_main
 
-        train_main(cfg)
+        train_main(cfg, command=args.command)
+    elif args.command == "compare":
+        from rm_ds.compare import main as compare_main
+
+        sys.exit(compare_main(args.runs, out=args.out))
+    elif args.command == "export":
+        from rm_ds.export import export_run
+
+        print(export_run(args.run_dir, step=args.step, out=args.out, adapter=True if args.adapter else None))
 
 
 if __name__ == "__main__":

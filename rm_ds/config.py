@@ -53,6 +53,24 @@ class ModelConfig:
 
 
 @dataclass
+class LoraSection:
+    enabled: bool = False
+    """Train LoRA adapters (PEFT) instead of all weights; the reward head is always fully trainable."""
+    r: int = 8
+    """LoRA rank."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: tuple[str, ...] | None = None
+    """Module names to adapt; None picks them by model family (Llama: q/k/v/o and gate/up/down)."""
+    head_lr: float | None = None
+    """Learning rate of the reward head (None: train.lr)."""
+    export: Literal["merged", "adapter"] = "merged"
+    """Export LoRA merged into the base weights (loads with plain transformers) or as a PEFT adapter."""
+
+
+@dataclass
 class DataConfig:
     train_path: str = "builtin:wordnet/train"
     """Training pairs: .jsonl/.json/.parquet file, hub dataset name, or builtin:wordnet/train."""
@@ -132,6 +150,12 @@ class TrainConfig:
     """Fraction of total steps spent in linear warmup."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip (0 disables)."""
+    save_every_steps: int = 0
+    """Write a DeepSpeed checkpoint every N optimizer steps (0: only the final one)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept besides the best one (older ones are deleted)."""
+    export: bool = True
+    """At the end, export the final and the best step as Hugging Face folders under run_dir/export/."""
 
 
 @dataclass
@@ -160,6 +184,16 @@ class EvalConfig:
     """Reward thresholds at which TPR/FPR/FNR are reported."""
     ece_bins: int = 10
     """Equal-width bins for ECE."""
+    metric: str = "accuracy"
+    """Eval metric that selects the best step and drives early stopping."""
+    mode: Literal["min", "max"] = "max"
+    """Whether larger (max) or smaller (min) values of eval.metric are better."""
+    patience: int = 0
+    """Stop training after this many evals without improvement (0: no early stopping)."""
+    min_delta: float = 0.0
+    """Smallest change of eval.metric that counts as an improvement."""
+    save_scores: bool = True
+    """Write per-pair scores, histograms, reliability diagram and calibration for every eval."""
 
 
 @dataclass
@@ -178,6 +212,8 @@ class LoggingConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The reward model backbone."""
+    lora: LoraSection = field(default_factory=LoraSection)
+    """LoRA adapters (off by default: full fine-tuning)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Preference data and tokenisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -190,6 +226,8 @@ class Config:
     """Evaluation schedule and metrics."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Where and how often to log."""
+    resume: str = "none"
+    """none: start fresh; auto: continue from the latest complete checkpoint in run_dir (fresh if none); or a checkpoint directory."""
 
     def __post_init__(self) -> None:
         validate(self)
@@ -223,9 +261,14 @@ def validate(cfg: Config) -> None:
     _check(cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1) or null")
     _check(cfg.eval.every_steps >= 0, "eval.every_steps", "must be >= 0")
     _check(cfg.eval.ece_bins >= 1, "eval.ece_bins", "must be >= 1")
+    _check(cfg.eval.patience >= 0, "eval.patience", "must be >= 0")
     if cfg.eval.token_budget is not None:
         _check(cfg.eval.token_budget >= d.max_length, "eval.token_budget", "must be >= data.max_length")
     _check(cfg.logging.log_every >= 1, "logging.log_every", "must be >= 1")
+    _check(t.save_every_steps >= 0, "train.save_every_steps", "must be >= 0")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    _check(cfg.lora.r >= 1, "lora.r", "must be >= 1")
+    _check(cfg.lora.head_lr is None or cfg.lora.head_lr > 0, "lora.head_lr", "must be > 0 or null")
     _check(d.num_proc >= 1, "data.num_proc", "must be >= 1")
     if d.prefix_sharing or d.packing:  # rows hold both responses of a pair: up to 2 x max_length real tokens
         _check(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation",

@@ -32,22 +32,60 @@ class DistInfo:
 def init(*, mpi_discovery: bool = False) -> DistInfo:
     """Join (or create) the process group through deepspeed; gloo on CPU, nccl on GPUs.
 
-    Works under the ``deepspeed`` launcher, torchrun, and mpirun (``mpi_discovery``, via mpi4py).
-    A plain ``python`` run with no launcher variables becomes a world of one.
+    Works under the ``deepspeed`` launcher (one node or ``--no_ssh`` per node), torchrun, and
+    mpirun (``mpi_discovery``, or automatically when OpenMPI's variables are set and RANK is not).
+    A plain ``python`` run with no launcher variables becomes a world of one. Calling it again
+    returns the existing group.
     """
+    if tdist.is_initialized():
+        return current()
     import deepspeed
 
     _skip_shm_comm_build()
+    via = "launcher"
     if mpi_discovery or "OMPI_COMM_WORLD_SIZE" in os.environ and "RANK" not in os.environ:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        deepspeed.init_distributed(auto_mpi_discovery=True, verbose=False)
+        os.environ.update(_mpi_env())
+        via = "mpi"
     else:
         for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(k, v)
         if "MASTER_PORT" not in os.environ:
             os.environ["MASTER_PORT"] = str(_free_port())
-        deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
-    return current()
+    # the environment is complete, so deepspeed does no discovery of its own
+    deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+    info = current()
+    if info.world_size > 1:  # one line per rank: what a multi-node log needs to show who joined what
+        print(f"[rank{info.rank}] rm_ds.dist: joined world size {info.world_size} as rank {info.rank} "
+              f"(local rank {info.local_rank}, via {via}, master {os.environ['MASTER_ADDR']}:"
+              f"{os.environ['MASTER_PORT']})", file=sys.stderr, flush=True)
+    return info
+
+
+def _mpi_env() -> dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT from MPI (mpi4py).
+
+    DeepSpeed's own discovery takes MASTER_ADDR from the first word of ``hostname -I`` and port
+    29500: on a machine whose first address is not loopback, or beside another job, that guess is
+    wrong. Here rank 0 decides and broadcasts: MASTER_ADDR/MASTER_PORT from its environment when set
+    (``mpirun -x``; launch/train_mpirun.sh sets the hostfile's first host), else 127.0.0.1 when all
+    ranks share one node and rank 0's host name otherwise, and a free port.
+    """
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, world = comm.Get_rank(), comm.Get_size()
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)  # the ranks on this node
+    local_rank, local_size = node.Get_rank(), node.Get_size()
+    node.Free()
+    n_nodes = comm.allreduce(int(local_rank == 0))
+    master = None
+    if rank == 0:
+        addr = os.environ.get("MASTER_ADDR") or ("127.0.0.1" if n_nodes == 1 else MPI.Get_processor_name())
+        port = os.environ.get("MASTER_PORT") or str(_free_port("127.0.0.1" if n_nodes == 1 else ""))
+        master = (addr, port)
+    addr, port = comm.bcast(master, root=0)
+    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(local_size), "MASTER_ADDR": addr, "MASTER_PORT": port}
 
 
 def current() -> DistInfo:
@@ -72,11 +110,11 @@ def _skip_shm_comm_build() -> None:
             deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     import socket
 
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

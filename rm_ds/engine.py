@@ -65,11 +65,28 @@ def model_build_context(ds_config: dict):
         yield
 
 
-def build_engine(model, cfg: Config, ds_config: dict, *, total_steps: int):
-    """deepspeed.initialize with a client AdamW (no FusedAdam JIT on CPU) and a warmup schedule."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_engine(model, cfg: Config, ds_config: dict, *, total_steps: int, head: str | None = None):
+    """deepspeed.initialize with a client AdamW (no FusedAdam JIT on CPU) and a warmup schedule.
+
+    With ``lora.head_lr`` the reward head (named ``head``) gets its own learning rate; the schedule
+    scales both groups alike.
+    """
     t = cfg.train
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.lora.enabled and cfg.lora.head_lr is not None and head is not None:
+        from rm_ds.model import is_head_param
+
+        groups = [{"params": [p for n, p in named if not is_head_param(n, head)], "lr": t.lr},
+                  {"params": [p for n, p in named if is_head_param(n, head)], "lr": cfg.lora.head_lr}]
+    else:
+        groups = [{"params": [p for _, p in named], "lr": t.lr}]
+    if zero_stage(ds_config) == 3 and ds_config["bf16"]["enabled"]:
+        # parameters created after zero.Init (LoRA adapters) must share ZeRO's bf16 dtype, or its
+        # defragmentation fails on mixed dtypes
+        for p in model.parameters():
+            if not hasattr(p, "ds_id"):
+                p.data = p.data.to(torch.bfloat16)
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay)
     scheduler = transformers.get_scheduler(
         "constant_with_warmup" if t.lr_scheduler == "constant" else t.lr_scheduler,
         optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
@@ -128,3 +145,37 @@ def gathered_state_dict(engine) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
             return {n: p.detach().float().cpu().clone() for n, p in named}
     return {n: p.detach().float().cpu().clone() for n, p in named}
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(engine, root: str, tag: str, client_state: dict) -> None:
+    """DeepSpeed's sharded checkpoint (model, optimizer, scheduler), without touching ``latest``."""
+    engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
+
+
+def load_checkpoint(engine, root: str, tag: str) -> dict:
+    """Restore model, optimizer and scheduler states; returns the client state saved with them."""
+    path, client_state = engine.load_checkpoint(root, tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+    if path is None:
+        raise FileNotFoundError(f"{root}/{tag}: DeepSpeed found no checkpoint to load")
+    return client_state or {}
+
+
+def consolidated_state_dict(ckpt_dir: str, tag: str) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from a (possibly ZeRO-sharded) checkpoint, in one process, no ranks needed."""
+    from pathlib import Path
+
+    d = Path(ckpt_dir) / tag
+    if any(d.glob("*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    else:  # ZeRO-0: the module states file holds the full weights
+        files = sorted(d.glob("mp_rank_*_model_states.pt"))
+        if not files:
+            raise FileNotFoundError(f"{d}: no DeepSpeed model states file")
+        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() for k, v in sd.items()}

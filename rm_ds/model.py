@@ -76,14 +76,19 @@ def load_model_config(cfg: ModelConfig, *, pad_token_id: int):
     return mc
 
 
-def build_reward_model(cfg: ModelConfig, *, pad_token_id: int):
-    """Load the backbone with a fresh 1-output head (fp32 weights; DeepSpeed casts for bf16)."""
+def build_reward_model(cfg: ModelConfig, *, pad_token_id: int, lora=None):
+    """Load the backbone with a fresh 1-output head (fp32 weights; DeepSpeed casts for bf16).
+
+    With ``lora.enabled`` the backbone is frozen behind LoRA adapters and the head stays trainable.
+    """
     mc = load_model_config(cfg, pad_token_id=pad_token_id)
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve_model(cfg.name_or_path), config=mc, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
     model.config.use_cache = False
     if cfg.activation_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
+    if lora is not None and lora.enabled:
+        model = apply_lora(model, lora)
     return model
 
 
@@ -139,3 +144,71 @@ def _rewards_at_positions(model, batch: dict) -> tuple[torch.Tensor, torch.Tenso
         hook.remove()
     per_token = captured[-1].reshape(-1).float()  # (rows * T,): the head's output at every position
     return per_token[batch["chosen_index"]], per_token[batch["rejected_index"]]
+
+
+# ---------------------------------------------------------------------------------------------- LoRA
+
+LORA_TARGETS = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gemma": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gemma2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "bert": ("query", "key", "value", "dense"),
+    "roberta": ("query", "key", "value", "dense"),
+}
+HEAD_NAMES = ("score", "classifier", "v_head", "value_head", "reward_head")
+
+
+def head_name(model) -> str:
+    """The reward head's attribute name on a (not yet PEFT-wrapped) sequence-classification model."""
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise ValueError(f"{type(model).__name__}: no reward head found (looked for {', '.join(HEAD_NAMES)})")
+
+
+def lora_targets(lora, model_type: str) -> list[str]:
+    if lora.target_modules:
+        return list(lora.target_modules)
+    if model_type not in LORA_TARGETS:
+        raise ValueError(f"lora.target_modules: no default for model type {model_type!r}; list the module names "
+                         f"to adapt (defaults exist for {', '.join(sorted(LORA_TARGETS))})")
+    return list(LORA_TARGETS[model_type])
+
+
+def apply_lora(model, lora):
+    """Wrap in PEFT LoRA adapters and unfreeze the whole reward head, whatever its name.
+
+    The head is unfrozen in place rather than listed in ``modules_to_save`` (which deep-copies the
+    module: under ZeRO-3 that copies partitioned placeholders, the root of LoRA heads that stay
+    random or cannot be exported).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    head = head_name(model)
+    peft_model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                  target_modules=lora_targets(lora, model.config.model_type),
+                                                  bias="none"))
+    for p in getattr(peft_model.get_base_model(), head).parameters():
+        p.requires_grad_(True)
+    if getattr(peft_model.get_base_model(), "is_gradient_checkpointing", False):
+        peft_model.get_base_model().enable_input_require_grads()
+    return peft_model
+
+
+def is_head_param(name: str, head: str) -> bool:
+    return f".{head}." in f".{name}" and "lora_" not in name
+
+
+def param_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts, ZeRO-3 partitions counted at full size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = getattr(p, "ds_numel", p.numel())
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

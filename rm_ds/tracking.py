@@ -69,6 +69,7 @@ class RunLogger:
         if not self.enabled:
             return
         if filename:
+            (self.run_dir / filename).parent.mkdir(parents=True, exist_ok=True)
             (self.run_dir / filename).write_bytes(png)
         if self._tb is not None:
             import numpy as np
@@ -83,6 +84,7 @@ class RunLogger:
 
     def write_json(self, name: str, obj) -> None:
         if self.enabled:
+            (self.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
             (self.run_dir / name).write_text(json.dumps(obj, indent=1))
 
     def close(self) -> None:

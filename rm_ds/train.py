@@ -10,6 +10,8 @@ shut down. All rank logic is in ``rm_ds.dist``; every rank runs the same code.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rm_ds import dist
+from rm_ds import checkpoint, dist
 from rm_ds.builtin import rm_ds_home
 from rm_ds.collate import collate_pairs
 from rm_ds.config import Config, build_ds_config, save_config
@@ -30,8 +32,10 @@ from rm_ds.data import load_pairs
 from rm_ds.engine import build_engine, model_build_context, train_step
 from rm_ds.evaluate import compute_metrics, gather_scores
 from rm_ds.metrics import fit_temperature
-from rm_ds.model import build_reward_model, load_model_config, load_tokenizer, pools_last_token, resolve_pad_token
+from rm_ds.model import (build_reward_model, head_name, load_model_config, load_tokenizer, param_counts,
+                          pools_last_token, resolve_pad_token)
 from rm_ds.sampler import PairSampler, SamplerConfig
+from rm_ds.selection import EarlyStopping
 from rm_ds.tokenize import TokenizeOptions, eos_id, tokenize_pairs
 from rm_ds.tracking import RunLogger, peak_rss_mib
 
@@ -78,11 +82,14 @@ def load_split(cfg: Config, tokenizer, path: str, *, split: str, max_pairs: int 
     return tok, note
 
 
-def prepare_data(cfg: Config, tokenizer, info: dist.DistInfo) -> PreparedData:
+def prepare_data(cfg: Config, tokenizer, info: dist.DistInfo, *, training: bool = True) -> PreparedData:
     with dist.main_rank_first(info):  # rank 0 fills the datasets cache; the others read it
-        train, n1 = load_split(cfg, tokenizer, cfg.data.train_path, split=cfg.data.train_split,
-                               max_pairs=cfg.data.max_train_pairs)
-        ev, notes = None, [n1]
+        train, notes = None, []
+        if training:
+            train, n1 = load_split(cfg, tokenizer, cfg.data.train_path, split=cfg.data.train_split,
+                                   max_pairs=cfg.data.max_train_pairs)
+            notes.append(n1)
+        ev = None
         if cfg.data.eval_path:
             ev, n2 = load_split(cfg, tokenizer, cfg.data.eval_path, split=cfg.data.eval_split,
                                 max_pairs=cfg.data.max_eval_pairs)
@@ -111,15 +118,67 @@ def set_threads(info: dist.DistInfo) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
 
 
+def dataset_hash(ds) -> str:
+    """sha256 over the pairs' ids and token ids: names exactly which eval set a calibration came from."""
+    h = hashlib.sha256()
+    for col in ("pair_id", "prompt_ids", "chosen_ids", "rejected_ids"):
+        h.update(json.dumps(list(ds[col])).encode())
+    return h.hexdigest()
+
+
 def evaluate_and_log(tr: "Trainer", step: int) -> dict[str, float]:
-    """Score every eval pair once over all ranks, fit a temperature, log everything on rank 0."""
-    scores = gather_scores(tr.engine, tr.data.eval, tr.cfg, rank=tr.info.rank, world_size=tr.info.world_size,
+    """Score every eval pair once over all ranks, fit a temperature, log and save on rank 0."""
+    cfg, ds = tr.cfg, tr.data.eval
+    scores = gather_scores(tr.engine, ds, cfg, rank=tr.info.rank, world_size=tr.info.world_size,
                            pad_id=tr.pad_id, eos_id=tr.eos)
-    temperature = fit_temperature(scores.chosen - scores.rejected, beta=tr.cfg.loss.beta)
-    metrics = compute_metrics(scores, tr.data.eval, tr.cfg, temperature=temperature)
+    margins = scores.chosen - scores.rejected
+    temperature = fit_temperature(margins, beta=cfg.loss.beta)
+    metrics = compute_metrics(scores, ds, cfg, temperature=temperature)
     metrics["temperature"] = temperature
+    improved = tr.stopper.update(step, metrics)
+    metrics["best_step"] = float(tr.stopper.best_step)
     tr.logger.log("eval", step, metrics)
+    calibration = {"temperature": temperature, "reward_mean": metrics["reward_mean"],
+                   "reward_std": metrics["reward_std"], "beta": cfg.loss.beta, "ece_before": metrics["ece"],
+                   "ece_after": metrics.get("ece_calibrated"), "eval_set_sha256": tr.eval_hash,
+                   "eval_pairs": int(metrics["n_pairs"]), "eval_path": cfg.data.eval_path, "step": step}
+    if tr.info.is_main and cfg.eval.save_scores:
+        save_eval_artifacts(tr.logger, step, scores, ds, metrics, calibration, beta=cfg.loss.beta,
+                            n_bins=cfg.eval.ece_bins)
+    tr.last_eval = (step, metrics)
+    if improved:
+        tr.logger.write_json("best.json", {"step": step, "metric": cfg.eval.metric, "value": metrics[cfg.eval.metric],
+                                           "metrics": metrics, "calibration": calibration})
     return metrics
+
+
+def save_eval_artifacts(logger: RunLogger, step: int, scores, ds, metrics: dict, calibration: dict, *,
+                        beta: float, n_bins: int) -> None:
+    """Per-eval files under ``run_dir/eval/step_NNNNNN/`` and the same plots as TensorBoard images."""
+    from rm_ds.metrics import reliability_bins
+    from rm_ds.plots import reliability_diagram_png, reward_histogram_png
+
+    sub = f"eval/step_{step:06d}"
+    ids = list(ds["pair_id"])
+    sources = list(ds["source"]) if "source" in ds.column_names else [""] * len(ids)
+    logger.write_json(f"{sub}/reward_distributions.json", {
+        "step": step, "pair_id": [ids[i] for i in scores.index], "source": [sources[i] for i in scores.index],
+        "chosen": scores.chosen.tolist(), "rejected": scores.rejected.tolist()})
+    logger.write_json(f"{sub}/calibration.json", calibration)
+    logger.write_json(f"{sub}/metrics.json", metrics)
+    margins = scores.chosen - scores.rejected
+    both_p = 1.0 / (1.0 + np.exp(-beta * np.concatenate([margins, -margins])))
+    labels = np.concatenate([np.ones_like(margins), np.zeros_like(margins)])
+    t = calibration["temperature"]
+    both_pt = 1.0 / (1.0 + np.exp(-beta * np.concatenate([margins, -margins]) / t))
+    logger.image("eval/reward_histogram", reward_histogram_png(scores.chosen, scores.rejected,
+                                                               title=f"rewards at step {step}"),
+                 step, filename=f"{sub}/reward_histogram.png")
+    logger.image("eval/reliability", reliability_diagram_png(
+        reliability_bins(both_p, labels, n_bins=n_bins), reliability_bins(both_pt, labels, n_bins=n_bins),
+        title=f"reliability at step {step} (T={t:.3g})"), step, filename=f"{sub}/reliability.png")
+    logger.histogram("eval/chosen_reward", scores.chosen, step)
+    logger.histogram("eval/rejected_reward", scores.rejected, step)
 
 
 @dataclass
@@ -135,11 +194,19 @@ class Trainer:
     pad_id: int
     eos: int
     total_steps: int
+    stopper: EarlyStopping
+    eval_hash: str | None = None
     step: int = 0
+    last_eval: tuple[int, dict] | None = None
+    """(step, metrics) of the latest evaluation."""
+    trainable_params: int = 0
+    total_params: int = 0
+    last_save: int = -1
+    """Step of the newest checkpoint written by this process."""
 
 
-def setup(cfg: Config, info: dist.DistInfo) -> Trainer:
-    """Tokenizer, data, sampler, model and engine, in that order."""
+def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Trainer:
+    """Tokenizer, data, sampler, model and engine, in that order (``training=False``: eval data only)."""
     set_threads(info)
     seed_everything(cfg.train.seed)
     run_dir = Path(cfg.logging.run_dir)
@@ -149,39 +216,49 @@ def setup(cfg: Config, info: dist.DistInfo) -> Trainer:
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     probe = load_model_config(cfg.model, pad_token_id=0)
     pad_id = resolve_pad_token(tokenizer, cfg.model, last_token_pooling=pools_last_token(probe))
-    data = prepare_data(cfg, tokenizer, info)
+    data = prepare_data(cfg, tokenizer, info, training=training)
     for n in data.notes:
         log.info(n)
 
     # every rank computes the same plan and takes its part
     t = cfg.train
-    sampler = PairSampler(data.train["pair_len"], SamplerConfig(
+    sampler = None if not training else PairSampler(data.train["pair_len"], SamplerConfig(
         global_batch_pairs=t.global_batch_pairs, mode=t.micro_batching,
         token_budget=t.token_budget if t.micro_batching == "token_budget" else None,
         pairs_per_micro=t.pairs_per_micro if t.micro_batching == "fixed" else None,
         length_grouping=t.length_grouping, drop_last=t.drop_last), world_size=info.world_size, rank=info.rank,
         seed=t.seed)
-    steps_per_epoch = sampler.steps_per_epoch()
-    total_steps = min(t.max_steps or math.inf, steps_per_epoch * t.epochs)
-    max_micro = max(len(step[0]) for step in sampler.plan_epoch(0))
+    steps_per_epoch = sampler.steps_per_epoch() if training else 0
+    total_steps = min(t.max_steps or math.inf, steps_per_epoch * t.epochs) if training else 0
+    max_micro = max(len(step[0]) for step in sampler.plan_epoch(0)) if training else 1
 
     ds_config = build_ds_config(cfg, world_size=info.world_size, max_micro_steps=max_micro)
     with model_build_context(ds_config):
-        model = build_reward_model(cfg.model, pad_token_id=pad_id)
-    engine = build_engine(model, cfg, ds_config, total_steps=total_steps)
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    log.info("model %s: %.1fM parameters, ZeRO stage %d, %s, world size %d; %d steps (%d per epoch), "
-             "%d pairs per step", cfg.model.name_or_path, n_params / 1e6,
+        model = build_reward_model(cfg.model, pad_token_id=pad_id, lora=cfg.lora)
+    head = head_name(model.get_base_model() if cfg.lora.enabled else model)
+    engine = build_engine(model, cfg, ds_config, total_steps=max(1, total_steps), head=head)
+    trainable, total = param_counts(model)
+    log.info("model %s%s: %.2fM of %.1fM parameters trainable, ZeRO stage %d, %s, world size %d; "
+             "%d steps (%d per epoch), %d pairs per step", cfg.model.name_or_path,
+             f" + LoRA r={cfg.lora.r}" if cfg.lora.enabled else "", trainable / 1e6, total / 1e6,
              ds_config["zero_optimization"]["stage"], cfg.model.dtype, info.world_size, total_steps,
              steps_per_epoch, t.global_batch_pairs)
     logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.logging.tensorboard)
-    return Trainer(cfg=cfg, info=info, data=data, sampler=sampler, engine=engine, logger=logger,
-                   pad_id=pad_id, eos=eos_id(tokenizer), total_steps=int(total_steps))
+    stopper = EarlyStopping(metric=cfg.eval.metric, mode=cfg.eval.mode, patience=cfg.eval.patience,
+                            min_delta=cfg.eval.min_delta)
+    tr = Trainer(cfg=cfg, info=info, data=data, sampler=sampler, engine=engine, logger=logger,
+                 pad_id=pad_id, eos=eos_id(tokenizer), total_steps=int(total_steps), stopper=stopper,
+                 eval_hash=dataset_hash(data.eval) if data.eval is not None else None,
+                 trainable_params=trainable, total_params=total)
+    found = checkpoint.find_resume(cfg) if training else None
+    if found is not None:
+        checkpoint.restore(tr, *found)
+    return tr
 
 
 def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
     """Optimizer steps until ``total_steps``; evaluates on schedule; returns throughput totals."""
-    cfg, info = tr.cfg, tr.info
+    cfg, info, t = tr.cfg, tr.info, tr.cfg.train
     progress = None
     if info.is_main and cfg.logging.progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -206,7 +283,8 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
             if tr.step % cfg.logging.log_every == 0 or tr.step == tr.total_steps:
                 peak = dist.all_reduce_max(peak_rss_mib())
                 tr.logger.log("train", tr.step, {
-                    "loss": stats.loss, "accuracy": stats.accuracy, "margin": stats.margin, "lr": stats.lr,
+                    "trainable_params": tr.trainable_params, "total_params": tr.total_params,
+                    "n_pairs": stats.n_pairs, "loss": stats.loss, "accuracy": stats.accuracy, "margin": stats.margin, "lr": stats.lr,
                     "grad_norm": stats.grad_norm, "pairs_per_s": stats.n_pairs / dt,
                     "tokens_per_s": stats.real_tokens / dt,
                     "useful_token_ratio": stats.real_tokens / max(1, stats.computed_tokens),
@@ -220,7 +298,17 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
             if tr.data.eval is not None and cfg.eval.every_steps and tr.step % cfg.eval.every_steps == 0 \
                     and tr.step < tr.total_steps:
                 m = evaluate_and_log(tr, tr.step)
-                log.info("step %d eval: accuracy %.4f auc %.4f loss %.4f", tr.step, m["accuracy"], m["auc"], m["loss"])
+                log.info("step %d eval: accuracy %.4f auc %.4f loss %.4f (best %s %.4f at step %d)", tr.step,
+                         m["accuracy"], m["auc"], m["loss"], cfg.eval.metric, tr.stopper.best_value,
+                         tr.stopper.best_step)
+                if tr.stopper.should_stop:
+                    log.info("early stopping at step %d: eval %s has not improved for %d evals", tr.step,
+                             cfg.eval.metric, tr.stopper.bad_evals)
+                    tr.total_steps = tr.step
+            if t.save_every_steps and tr.step % t.save_every_steps == 0 and tr.step < tr.total_steps:
+                checkpoint.save(tr, best_step=tr.stopper.best_step)
+                tr.last_save = tr.step
+            checkpoint.fault("after_step", tr.step)
             if tr.step >= tr.total_steps:
                 break
         else:  # epoch finished
@@ -231,10 +319,12 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
             "pairs_per_s": totals["pairs"] / max(totals["time"], 1e-9),
             "tokens_per_s": totals["real"] / max(totals["time"], 1e-9),
             "useful_token_ratio": totals["real"] / max(1, totals["computed"]),
-            "peak_mem_mib": dist.all_reduce_max(peak_rss_mib())}
+            "peak_mem_mib": dist.all_reduce_max(peak_rss_mib()), "trainable_params": tr.trainable_params,
+            "total_params": tr.total_params}
 
 
 def run(cfg: Config) -> dict[str, float]:
+    """Train, evaluate at the end (unless the last step was just evaluated), print the summary."""
     info = dist.init()
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
@@ -242,13 +332,53 @@ def run(cfg: Config) -> dict[str, float]:
     summary = train_loop(tr)
     eval_metrics: dict[str, float] = {}
     if tr.data.eval is not None:
-        eval_metrics = evaluate_and_log(tr, tr.step)
+        eval_metrics = tr.last_eval[1] if tr.last_eval and tr.last_eval[0] == tr.step else evaluate_and_log(tr, tr.step)
+    if tr.last_save != tr.step:
+        checkpoint.save(tr, best_step=tr.stopper.best_step)
+    if info.is_main and cfg.train.export:
+        from rm_ds.export import export_run
+
+        export_run(cfg.logging.run_dir, step="final")
+        if tr.stopper.best_step is not None and tr.stopper.best_step != tr.step and \
+                (checkpoint.checkpoint_root(cfg.logging.run_dir) / checkpoint.tag_for(tr.stopper.best_step)).exists():
+            export_run(cfg.logging.run_dir, step="best")
+        elif tr.stopper.best_step == tr.step:
+            export_run(cfg.logging.run_dir, step="best")
+    dist.barrier()
     if info.is_main:
         print(format_summary(summary, eval_metrics), flush=True)
-        tr.logger.write_json("summary.json", {"train": summary, "eval": eval_metrics})
+        if eval_metrics:
+            print(f"best step {tr.stopper.best_step} by eval {cfg.eval.metric} = {tr.stopper.best_value:.4g}",
+                  flush=True)
+        tr.logger.write_json("summary.json", {"train": summary, "eval": eval_metrics,
+                                              "best": {"step": tr.stopper.best_step, "metric": cfg.eval.metric,
+                                                       "value": tr.stopper.best_value}})
     tr.logger.close()
     dist.barrier()
     return {**summary, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
+
+
+def run_eval(cfg: Config) -> dict[str, float]:
+    """``rm-ds eval``: score ``data.eval_path`` with ``model.name_or_path`` on any number of ranks."""
+    info = dist.init()
+    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
+                        format=f"[rank{info.rank}] %(message)s")
+    if not cfg.data.eval_path:
+        raise ValueError("data.eval_path: rm-ds eval needs an eval dataset")
+    tr = setup(cfg, info, training=False)
+    metrics = evaluate_and_log(tr, 0)
+    if info.is_main:
+        print(format_metrics_table(metrics), flush=True)
+        tr.logger.write_json("eval_results.json", {"model": cfg.model.name_or_path, "data": cfg.data.eval_path,
+                                                    "world_size": info.world_size, "metrics": metrics})
+    tr.logger.close()
+    dist.barrier()
+    return metrics
+
+
+def format_metrics_table(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics)
+    return "\n".join(["== rm_ds eval =="] + [f"{k:<{width}}  {v:.6g}" for k, v in metrics.items()])
 
 
 def format_summary(summary: dict, metrics: dict) -> str:
@@ -263,10 +393,10 @@ def format_summary(summary: dict, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: Config) -> None:
+def main(cfg: Config, *, command: str = "train") -> None:
     code = 0
     try:
-        run(cfg)
+        run(cfg) if command == "train" else run_eval(cfg)
     except BaseException:
         code = 1
         raise

@@ -24,12 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rm_ds import builtin
-from rm_ds.builtin import (BUILTIN_MODELS, build_tiny_llama, prepare_all, resolve_model,
-                           rm_ds_home)
+from rm_ds.builtin import BUILTIN_MODELS, build_tiny_llama, prepare_all, resolve_model, rm_ds_home
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +50,8 @@ def test_rm_ds_home_follows_env(monkeypatch, tmp_path):
 
 
 def test_non_builtin_names_pass_through(tmp_path):
-    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    hub_name = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_model(hub_name) == hub_name
     assert resolve_model(str(tmp_path)) == str(tmp_path)
 
 
@@ -77,7 +76,7 @@ def test_minilm_resolves_to_packaged_folder():
     tok = AutoTokenizer.from_pretrained(folder)
     assert (tok.pad_token_id, tok.cls_token_id, tok.sep_token_id) == (0, 101, 102)
     assert tok("hi").input_ids == [101, 7632, 102]
-    model, info = AutoModelForSequenceClassification.from_pretrained(
+    _, info = AutoModelForSequenceClassification.from_pretrained(
         folder, num_labels=1, output_loading_info=True)
     assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
     assert not info["unexpected_keys"]
@@ -111,7 +110,8 @@ def tiny_home(tmp_path_factory):
 def test_tiny_llama_builds_quickly_under_home(tiny_home):
     home, folder, seconds = tiny_home
     assert folder == home / "models" / "tiny-llama"
-    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     assert seconds < 10, f"tiny-llama took {seconds:.1f} s to build"
     assert not list(folder.parent.glob(".tiny-llama.tmp-*"))  # the temp folder was renamed away
 
@@ -177,8 +177,11 @@ def _slow_builder(calls):
 def test_concurrent_threads_build_once(tmp_path):
     calls, results = [], []
     build = _slow_builder(calls)
-    threads = [threading.Thread(target=lambda: results.append(builtin._build_once(tmp_path / "m", build)))
-               for _ in range(3)]
+
+    def resolve():
+        results.append(builtin._build_once(tmp_path / "m", build))
+
+    threads = [threading.Thread(target=resolve) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
