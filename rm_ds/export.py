@@ -110,20 +110,19 @@ def save_adapter_with_head(peft_model, out: Path) -> None:
     Load with ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base,
     num_labels=1), out)``. The head is copied into a fresh CPU wrapper here (no ZeRO involved).
     """
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model
 
     base = peft_model.get_base_model()
     head = head_name(base)
     head_state = {k: v.detach().clone() for k, v in getattr(base, head).state_dict().items()}
+    lora_state = {k: v.detach().clone() for k, v in peft_model.state_dict().items() if "lora_" in k}
     old = peft_model.peft_config["default"]
-    lora_sd = get_peft_model_state_dict(peft_model)
-    fresh = peft_model.unload()  # base model without adapters (weights untouched)
-    cfg = LoraConfig(r=old.r, lora_alpha=old.lora_alpha, lora_dropout=old.lora_dropout,
-                     target_modules=old.target_modules, bias="none", modules_to_save=[head])
-    wrapped = get_peft_model(fresh, cfg)
-    from peft import set_peft_model_state_dict
-
-    set_peft_model_state_dict(wrapped, lora_sd)
+    fresh = peft_model.unload()  # the base model without adapters (weights untouched)
+    wrapped = get_peft_model(fresh, LoraConfig(r=old.r, lora_alpha=old.lora_alpha, lora_dropout=old.lora_dropout,
+                                               target_modules=old.target_modules, bias="none",
+                                               modules_to_save=[head]))
+    _, unexpected = wrapped.load_state_dict(lora_state, strict=False)
+    if unexpected:
+        raise RuntimeError(f"adapter export: LoRA weights without a place in the adapter: {unexpected[:5]}")
     getattr(wrapped.get_base_model(), head).modules_to_save["default"].load_state_dict(head_state)
-    wrapped.peft_config["default"].base_model_name_or_path = str(base.config._name_or_path or "")
     wrapped.save_pretrained(out, safe_serialization=True)

@@ -281,14 +281,14 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
             if on_step is not None:
                 on_step(tr.step, stats)
             if tr.step % cfg.logging.log_every == 0 or tr.step == tr.total_steps:
-                peak = dist.all_reduce_max(peak_rss_mib())
-                tr.logger.log("train", tr.step, {
+                peaks = dist.gather_rows(torch.tensor([[peak_rss_mib()]]))[:, 0].tolist()
+                tr.logger.log("train", tr.step, {**{f"peak_mem_mib/rank{r}": v for r, v in enumerate(peaks)},
                     "trainable_params": tr.trainable_params, "total_params": tr.total_params,
                     "n_pairs": stats.n_pairs, "loss": stats.loss, "accuracy": stats.accuracy, "margin": stats.margin, "lr": stats.lr,
                     "grad_norm": stats.grad_norm, "pairs_per_s": stats.n_pairs / dt,
                     "tokens_per_s": stats.real_tokens / dt,
                     "useful_token_ratio": stats.real_tokens / max(1, stats.computed_tokens),
-                    "micro_steps": stats.micro_steps, "peak_mem_mib": peak, "epoch": epoch})
+                    "micro_steps": stats.micro_steps, "peak_mem_mib": max(peaks), "epoch": epoch})
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{stats.loss:.4f}", acc=f"{stats.accuracy:.3f}")
@@ -305,8 +305,10 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
                     log.info("early stopping at step %d: eval %s has not improved for %d evals", tr.step,
                              cfg.eval.metric, tr.stopper.bad_evals)
                     tr.total_steps = tr.step
-            if t.save_every_steps and tr.step % t.save_every_steps == 0 and tr.step < tr.total_steps:
-                checkpoint.save(tr, best_step=tr.stopper.best_step)
+            new_best = tr.last_eval is not None and tr.last_eval[0] == tr.step == tr.stopper.best_step
+            periodic = t.save_every_steps and tr.step % t.save_every_steps == 0
+            if (periodic or (new_best and t.export)) and tr.step < tr.total_steps:
+                checkpoint.save(tr, best_step=tr.stopper.best_step)  # a new best is kept to be exported
                 tr.last_save = tr.step
             checkpoint.fault("after_step", tr.step)
             if tr.step >= tr.total_steps:
@@ -339,10 +341,7 @@ def run(cfg: Config) -> dict[str, float]:
         from rm_ds.export import export_run
 
         export_run(cfg.logging.run_dir, step="final")
-        if tr.stopper.best_step is not None and tr.stopper.best_step != tr.step and \
-                (checkpoint.checkpoint_root(cfg.logging.run_dir) / checkpoint.tag_for(tr.stopper.best_step)).exists():
-            export_run(cfg.logging.run_dir, step="best")
-        elif tr.stopper.best_step == tr.step:
+        if tr.stopper.best_step is not None:
             export_run(cfg.logging.run_dir, step="best")
     dist.barrier()
     if info.is_main:

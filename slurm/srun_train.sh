@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Inside a Slurm allocation: start launch/train_node.sh once per node with srun, the head node as
+# master, and requeue the job on USR1. Called by slurm/train.sbatch and slurm/ablation.sbatch:
+#   bash slurm/srun_train.sh [--config NAME|FILE.yaml] [key.sub=value ...]
+# USR1 is the warning the sbatch files ask Slurm for (--signal=B:USR1@120: before the time limit
+# or a preemption); `scancel --batch --signal=USR1 JOBID` sends it by hand. The requeued job starts
+# again with the same arguments, which end in resume=auto: it continues from its latest complete
+# checkpoint. Ranks per node: NPROC_PER_NODE, else the node's GPUs, else --cpus-per-task.
+set -euo pipefail
+: "${SLURM_JOB_ID:?run inside a Slurm job, e.g. sbatch slurm/train.sbatch --config default}"
+NNODES=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
+MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)}
+# from the job id: the same on every node, different for jobs (and array tasks) sharing a node
+MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+NPROC_PER_NODE=${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-${SLURM_CPUS_PER_TASK:-1}}}
+export NNODES MASTER_ADDR MASTER_PORT NPROC_PER_NODE
+unset NODE_RANK  # each node takes its own from SLURM_NODEID (a value from the submitting shell would be wrong)
+
+echo "rm_ds: job ${SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)}, start" \
+  "$((${SLURM_RESTART_COUNT:-0} + 1)), $NNODES node(s) x $NPROC_PER_NODE ranks, master $MASTER_ADDR:$MASTER_PORT," \
+  "$(date '+%F %T')"
+trap 'echo "rm_ds: USR1 at $(date +%T): requeueing job $SLURM_JOB_ID; it resumes from its latest checkpoint"
+      scontrol requeue "$SLURM_JOB_ID"' USR1
+trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
+
+step_args=(--nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1)
+# since Slurm 22.05 srun does not inherit --cpus-per-task from sbatch
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then step_args+=(--cpus-per-task="$SLURM_CPUS_PER_TASK"); fi
+# in the background, so the traps run as soon as a signal comes (bash defers them during a foreground child)
+srun "${step_args[@]}" bash launch/train_node.sh "$@" &
+pid=$!
+rc=0
+while :; do
+  wait "$pid" && rc=0 || rc=$?
+  kill -0 "$pid" 2>/dev/null || break  # still running: wait was cut short by a signal
+done
+exit "$rc"
