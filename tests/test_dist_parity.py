@@ -132,7 +132,7 @@ def check_plan_is_uneven(plan) -> None:
     assert any(len({len(mb) for rank in step for mb in rank}) > 1 for step in plan), "micro-batches all equal"
 
 
-CASES = [(2, "zero0", ()), (2, "zero2", ()), (2, "zero3", ()), (3, "zero2", ()),
+CASES = [(2, "zero0", ()), (2, "zero2", ()), (2, "zero3", ()), (2, "zero3_offload", ()), (3, "zero2", ()),
          (3, "zero3", ("model.activation_checkpointing=true",))]
 
 

@@ -9,7 +9,8 @@ tensor within 1e-5 relative to the tensor's gradient norm. The BT gradient is a 
 chosen and rejected gradients, which are nearly equal at random init, so fp32 summation-order noise
 reaches ~4e-6 of its norm even for a mere re-ordering of rows (packed without sharing); the sum of
 both rewards has no such cancellation and is checked element-wise. A 2-rank ZeRO-2 run (gloo) with
-prefix sharing, and one with sharing + packing, follow the unshared run's loss trajectory within 1e-5.
+prefix sharing, one with sharing + packing (and that one under ZeRO-3 with activation checkpointing)
+follow the unshared run's loss trajectory within 1e-5.
 """
 
 from __future__ import annotations
@@ -308,16 +309,20 @@ def layout_train_worker(runs: list[list[str]]) -> list[dict]:
 
 
 def test_two_rank_zero2_prefix_sharing_matches_unshared(setup_dir):
-    names = {"unshared": (), "shared": ("data.prefix_sharing=true",),
-             "shared_packed": ("data.prefix_sharing=true", "data.packing=true")}
+    """Unshared, shared and shared+packed under ZeRO-2, and shared+packed under ZeRO-3 with activation
+    checkpointing, all against the unshared ZeRO-2 run."""
+    names = {"unshared": ("zero2", ()), "shared": ("zero2", ("data.prefix_sharing=true",)),
+             "shared_packed": ("zero2", ("data.prefix_sharing=true", "data.packing=true")),
+             "zero3_ckpt_shared_packed": ("zero3", ("data.prefix_sharing=true", "data.packing=true",
+                                                    "model.activation_checkpointing=true"))}
     res = run_distributed(layout_train_worker, world_size=2,
-                          args=([overrides(setup_dir, stage="zero2", name=n, extra=e) for n, e in names.items()],))
+                          args=([overrides(setup_dir, stage=st, name=n, extra=e) for n, (st, e) in names.items()],))
     runs = {name: [res[0][k], res[1][k]] for k, name in enumerate(names)}
     for name, (r0, r1) in runs.items():
         assert r0["losses"] == r1["losses"], f"{name}: ranks logged different global losses"
     want = torch.tensor(runs["unshared"][0]["losses"])
     assert len(want) == 4 and want[0] != want[-1]
-    for name in ("shared", "shared_packed"):
+    for name in ("shared", "shared_packed", "zero3_ckpt_shared_packed"):
         torch.testing.assert_close(torch.tensor(runs[name][0]["losses"]), want, rtol=1e-5, atol=0)
         for rank in (0, 1):  # eval-mode rewards after training, read through the engine
             idx, c, r = runs[name][rank]["scores"]

@@ -187,7 +187,8 @@ def ablation(slurm, tmp_path_factory):
                      f"--output={work}/slurm-%A_%a.out", "slurm/ablation.sbatch", str(table), *EXTRA],
                     env=env, cwd=REPO).stdout.strip().split(";")[0]
     task = f"{job}_{REQUEUED}"
-    deadline = time.monotonic() + 300
+    t0 = time.monotonic()
+    deadline = t0 + 300
 
     def wait_for(ok, what: str) -> None:
         while not ok():
@@ -199,6 +200,7 @@ def ablation(slurm, tmp_path_factory):
     latest = runs / list(ROWS)[REQUEUED] / "checkpoints" / "latest"
     wait_for(lambda: latest.exists() or job_states(slurm, job).get(REQUEUED, {}).get("JobState") == "COMPLETED",
              f"a checkpoint of task {task}")
+    print(f"checkpoint after {time.monotonic() - t0:.0f}s")
     resumable_step = int(latest.read_text().strip().split("_")[-1]) if latest.exists() else None
     # the warning Slurm sends before a time limit/preemption (--signal=B:USR1@120), sent now
     slurm.run(["scancel", "--batch", "--signal=USR1", task])
@@ -206,7 +208,9 @@ def ablation(slurm, tmp_path_factory):
              f"{task} requeued")
     # Slurm holds a requeued job back about two minutes (BeginTime); release it now
     slurm.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
+    print(f"requeued after {time.monotonic() - t0:.0f}s")
     wait_for(lambda: not slurm.run(["squeue", "-h", "-j", job], check=False).stdout.strip(), "the array to finish")
+    print(f"finished after {time.monotonic() - t0:.0f}s")
     return {"job": job, "runs": runs, "work": work, "states": job_states(slurm, job),
             "resumable_step": resumable_step,
             "logs": {i: (work / f"slurm-{job}_{i}.out").read_text() for i in range(len(ROWS))}}
