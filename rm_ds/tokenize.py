@@ -22,8 +22,11 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_len", "rejected_len", "pair_len", "status")
@@ -128,8 +131,27 @@ def fit_to_length(p_ids: list[int], c_ids: list[int], r_ids: list[int], *, max_l
     return p_keep, cut(c_ids), cut(r_ids), "response_truncated"
 
 
-def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1):
+TOKENIZE_VERSION = "1"
+"""Bump when the tokenisation rules change: it is part of every cache key."""
+
+
+def cache_key(source_digest: str, tokenizer, opts: TokenizeOptions) -> str:
+    """Content key for the tokenised cache: the source data, the tokenizer's vocabulary, special tokens
+    and chat template, the options, and the rules' version."""
+    h = hashlib.sha256()
+    vocab = tokenizer.get_vocab()
+    for part in (TOKENIZE_VERSION, source_digest, json.dumps(sorted(vocab.items())), str(tokenizer.chat_template),
+                 json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str), repr(opts)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1, cache_file: str | None = None):
     """Map a canonical pair dataset to token ids; returns (dataset, TokenizeReport).
+
+    With ``cache_file`` (named by ``cache_key``), ``datasets.map`` writes the result there and later
+    runs with the same data, tokenizer and options load it instead of tokenising again.
 
     Added columns: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (responses only), ``chosen_len``
     and ``rejected_len`` (prompt + response), ``pair_len`` (their max: the padded length the pair
@@ -158,8 +180,10 @@ def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1):
             out["status"].append(status)
         return out
 
+    if cache_file:
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
     mapped = ds.map(encode, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
-                    desc="tokenizing pairs")
+                    desc="tokenizing pairs", cache_file_name=cache_file, load_from_cache_file=cache_file is not None)
     counts = Counter(mapped["status"])
     kept = mapped.filter(lambda s: not s.startswith("dropped"), input_columns="status")
     report = TokenizeReport(n_pairs=len(mapped), n_kept=len(kept), counts=dict(counts))

@@ -36,7 +36,7 @@ from rm_ds.model import (build_reward_model, head_name, load_model_config, load_
                           pools_last_token, resolve_pad_token)
 from rm_ds.sampler import PairSampler, SamplerConfig
 from rm_ds.selection import EarlyStopping
-from rm_ds.tokenize import TokenizeOptions, eos_id, tokenize_pairs
+from rm_ds.tokenize import TokenizeOptions, cache_key, eos_id, tokenize_pairs
 from rm_ds.tracking import RunLogger, peak_rss_mib
 
 log = logging.getLogger("rm_ds")
@@ -65,6 +65,23 @@ def resolve_data_path(path: str) -> str:
     return str(out / f"{name.split('/')[1]}.jsonl")
 
 
+def source_digest(path: str, **options) -> str:
+    """sha256 of a local data file's bytes (or a hub name) plus the loading options."""
+    h = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())
+    p = Path(path)
+    if p.is_file():
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    elif p.is_dir():
+        for q in sorted(p.rglob("*")):
+            if q.is_file():
+                h.update(str(q.relative_to(p)).encode() + q.read_bytes())
+    else:
+        h.update(path.encode())
+    return h.hexdigest()
+
+
 def load_split(cfg: Config, tokenizer, path: str, *, split: str, max_pairs: int | None):
     d = cfg.data
     ds, report = load_pairs(resolve_data_path(path), split=split, prompt_field=d.prompt_field,
@@ -73,7 +90,12 @@ def load_split(cfg: Config, tokenizer, path: str, *, split: str, max_pairs: int 
                             skip_invalid=d.skip_invalid, max_pairs=max_pairs)
     opts = TokenizeOptions(max_length=d.max_length, overlong=d.overlong, chat_template=d.chat_template,
                            response_separator=d.response_separator)
-    tok, treport = tokenize_pairs(ds, tokenizer, opts, num_proc=d.num_proc)
+    key = cache_key(source_digest(resolve_data_path(path), split=split, skip_invalid=d.skip_invalid,
+                                  max_pairs=max_pairs, fields=(d.prompt_field, d.chosen_field, d.rejected_field,
+                                                               d.id_field, d.margin_field, d.weight_field,
+                                                               d.source_field)), tokenizer, opts)
+    tok, treport = tokenize_pairs(ds, tokenizer, opts, num_proc=d.num_proc,
+                                  cache_file=str(rm_ds_home() / "cache" / "tokenized" / f"{key}.arrow"))
     skipped = sum(report.skipped.values())
     note = f"{path}: {report.n_loaded} valid of {report.n_rows} rows" + (
         f" ({skipped} skipped: {dict(report.skipped)})" if skipped else "") + f"; tokenized {treport.summary()}"

@@ -80,3 +80,20 @@ def test_truncation_counts_and_drops(minilm):
     assert rep.counts == {"ok": 1, "prompt_truncated": 1, "dropped_overlong": 1}
     assert len(ds) == 2 and all(n <= 16 for n in ds["pair_len"])
     assert "2/3 pairs kept" in rep.summary()
+
+
+def test_tokenisation_is_cached_by_content(minilm, tmp_path):
+    from rm_ds.tokenize import cache_key
+
+    ds = text_ds(("what is a dog?", "a domestic animal", "a large rock"), ("p", "yes", "no"))
+    opts = TokenizeOptions(max_length=64)
+    key = cache_key("digest-of-the-source", minilm, opts)
+    assert key == cache_key("digest-of-the-source", minilm, opts)
+    assert key != cache_key("another-source", minilm, opts)
+    assert key != cache_key("digest-of-the-source", minilm, TokenizeOptions(max_length=65))
+    path = tmp_path / f"{key}.arrow"
+    first, _ = tokenize_pairs(ds, minilm, opts, cache_file=str(path))
+    stamp = path.stat().st_mtime_ns
+    second, rep = tokenize_pairs(ds, minilm, opts, cache_file=str(path))
+    assert path.stat().st_mtime_ns == stamp  # read back, not rewritten
+    assert second["chosen_ids"] == first["chosen_ids"] and rep.counts == {"ok": 2}
