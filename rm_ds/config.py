@@ -227,7 +227,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Where and how often to log."""
     resume: str = "none"
-    """none: start fresh; auto: continue from the latest complete checkpoint in run_dir (fresh if none); or a checkpoint directory."""
+    """none: fresh start; auto: the latest complete checkpoint in run_dir (fresh if none); or a checkpoint dir."""
 
     def __post_init__(self) -> None:
         validate(self)

@@ -32,7 +32,9 @@ class EvalScores:
     rejected: np.ndarray
 
 
-def shard_batches(ds, cfg: Config, *, rank: int, world_size: int, pad_id: int, eos_id: int) -> list[tuple[list[int], dict]]:
+def shard_batches(ds, cfg: Config, *, rank: int, world_size: int, pad_id: int,
+                  eos_id: int) -> list[tuple[list[int], dict]]:
+    """This rank's eval micro-batches: (pair indices, collated batch); ``[]`` marks a filler forward."""
     budget = cfg.eval.token_budget or cfg.train.token_budget
     shards = eval_shards(ds["pair_len"], world_size=world_size, token_budget=budget, pairs_per_micro=None)
     out = []
@@ -78,4 +80,5 @@ def compute_metrics(scores: EvalScores, ds, cfg: Config, *, temperature: float |
     return pairwise_metrics(scores.chosen, scores.rejected, beta=cfg.loss.beta, margin=margin,
                             label_smoothing=cfg.loss.label_smoothing, weight=weight, reward_l2=cfg.loss.reward_l2,
                             n_bins=cfg.eval.ece_bins, thresholds=cfg.eval.thresholds, sources=sources,
-                            chosen_len=resp_len("chosen_ids"), rejected_len=resp_len("rejected_ids"), temperature=temperature)
+                            chosen_len=resp_len("chosen_ids"), rejected_len=resp_len("rejected_ids"),
+                            temperature=temperature)

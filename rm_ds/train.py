@@ -278,9 +278,41 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Trainer
     return tr
 
 
+def step_scalars(tr: Trainer, stats, dt: float, epoch: int) -> dict[str, float]:
+    """What TensorBoard and metrics.jsonl get for one optimizer step (peak memory of every rank)."""
+    peaks = dist.gather_rows(torch.tensor([[peak_rss_mib()]]))[:, 0].tolist()
+    return {"loss": stats.loss, "accuracy": stats.accuracy, "margin": stats.margin, "lr": stats.lr,
+            "grad_norm": stats.grad_norm, "n_pairs": stats.n_pairs, "pairs_per_s": stats.n_pairs / dt,
+            "tokens_per_s": stats.real_tokens / dt,
+            "useful_token_ratio": stats.real_tokens / max(1, stats.computed_tokens),
+            "micro_steps": stats.micro_steps, "epoch": epoch, "peak_mem_mib": max(peaks),
+            **{f"peak_mem_mib/rank{r}": v for r, v in enumerate(peaks)},
+            "trainable_params": tr.trainable_params, "total_params": tr.total_params}
+
+
+def evaluate_and_checkpoint_on_schedule(tr: Trainer) -> None:
+    """Mid-run eval (``eval.every_steps``; may stop early) and checkpoints (periodic, and every new best
+    step so that it can be exported). The final step's eval and checkpoint happen in ``run``."""
+    cfg, t = tr.cfg, tr.cfg.train
+    if tr.data.eval is not None and cfg.eval.every_steps and tr.step % cfg.eval.every_steps == 0 \
+            and tr.step < tr.total_steps:
+        m = evaluate_and_log(tr, tr.step)
+        log.info("step %d eval: accuracy %.4f auc %.4f loss %.4f (best %s %.4f at step %d)", tr.step,
+                 m["accuracy"], m["auc"], m["loss"], cfg.eval.metric, tr.stopper.best_value, tr.stopper.best_step)
+        if tr.stopper.should_stop:
+            log.info("early stopping at step %d: eval %s has not improved for %d evals", tr.step,
+                     cfg.eval.metric, tr.stopper.bad_evals)
+            tr.total_steps = tr.step
+    new_best = tr.last_eval is not None and tr.last_eval[0] == tr.step == tr.stopper.best_step
+    periodic = t.save_every_steps and tr.step % t.save_every_steps == 0
+    if (periodic or (new_best and t.export)) and tr.step < tr.total_steps:
+        checkpoint.save(tr, best_step=tr.stopper.best_step)
+        tr.last_save = tr.step
+
+
 def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
     """Optimizer steps until ``total_steps``; evaluates on schedule; returns throughput totals."""
-    cfg, info, t = tr.cfg, tr.info, tr.cfg.train
+    cfg, info = tr.cfg, tr.info
     progress = None
     if info.is_main and cfg.logging.progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -292,7 +324,8 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
         epoch = tr.sampler.state_dict()["epoch"]
         for micro_idx in tr.sampler:
             t0 = time.perf_counter()
-            batches = [collate_pairs(rows_at(tr.data.train, mb), pad_id=tr.pad_id, eos_id=tr.eos) for mb in micro_idx]
+            batches = [collate_pairs(rows_at(tr.data.train, mb), pad_id=tr.pad_id, eos_id=tr.eos)
+                       for mb in micro_idx]
             stats = train_step(tr.engine, batches, cfg, world_size=info.world_size)
             dt = time.perf_counter() - t0
             tr.step += 1
@@ -303,35 +336,14 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
             if on_step is not None:
                 on_step(tr.step, stats)
             if tr.step % cfg.logging.log_every == 0 or tr.step == tr.total_steps:
-                peaks = dist.gather_rows(torch.tensor([[peak_rss_mib()]]))[:, 0].tolist()
-                tr.logger.log("train", tr.step, {**{f"peak_mem_mib/rank{r}": v for r, v in enumerate(peaks)},
-                    "trainable_params": tr.trainable_params, "total_params": tr.total_params,
-                    "n_pairs": stats.n_pairs, "loss": stats.loss, "accuracy": stats.accuracy, "margin": stats.margin, "lr": stats.lr,
-                    "grad_norm": stats.grad_norm, "pairs_per_s": stats.n_pairs / dt,
-                    "tokens_per_s": stats.real_tokens / dt,
-                    "useful_token_ratio": stats.real_tokens / max(1, stats.computed_tokens),
-                    "micro_steps": stats.micro_steps, "peak_mem_mib": max(peaks), "epoch": epoch})
+                tr.logger.log("train", tr.step, step_scalars(tr, stats, dt, epoch))
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{stats.loss:.4f}", acc=f"{stats.accuracy:.3f}")
             elif cfg.logging.progress and (tr.step % report_every == 0 or tr.step == tr.total_steps):
                 log.info("step %d/%d  loss %.4f  accuracy %.3f  lr %.2e  %.1f pairs/s", tr.step, tr.total_steps,
                          stats.loss, stats.accuracy, stats.lr, stats.n_pairs / dt)
-            if tr.data.eval is not None and cfg.eval.every_steps and tr.step % cfg.eval.every_steps == 0 \
-                    and tr.step < tr.total_steps:
-                m = evaluate_and_log(tr, tr.step)
-                log.info("step %d eval: accuracy %.4f auc %.4f loss %.4f (best %s %.4f at step %d)", tr.step,
-                         m["accuracy"], m["auc"], m["loss"], cfg.eval.metric, tr.stopper.best_value,
-                         tr.stopper.best_step)
-                if tr.stopper.should_stop:
-                    log.info("early stopping at step %d: eval %s has not improved for %d evals", tr.step,
-                             cfg.eval.metric, tr.stopper.bad_evals)
-                    tr.total_steps = tr.step
-            new_best = tr.last_eval is not None and tr.last_eval[0] == tr.step == tr.stopper.best_step
-            periodic = t.save_every_steps and tr.step % t.save_every_steps == 0
-            if (periodic or (new_best and t.export)) and tr.step < tr.total_steps:
-                checkpoint.save(tr, best_step=tr.stopper.best_step)  # a new best is kept to be exported
-                tr.last_save = tr.step
+            evaluate_and_checkpoint_on_schedule(tr)
             checkpoint.fault("after_step", tr.step)
             if tr.step >= tr.total_steps:
                 break

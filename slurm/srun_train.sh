@@ -16,11 +16,14 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-${SLURM_CPUS_PER_TASK:-1}
 export NNODES MASTER_ADDR MASTER_PORT NPROC_PER_NODE
 unset NODE_RANK  # each node takes its own from SLURM_NODEID (a value from the submitting shell would be wrong)
 
-echo "rm_ds: job ${SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)}, start" \
+echo "rm_ds: job ${SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+ (array task ${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID)}, start" \
   "$((${SLURM_RESTART_COUNT:-0} + 1)), $NNODES node(s) x $NPROC_PER_NODE ranks, master $MASTER_ADDR:$MASTER_PORT," \
   "$(date '+%F %T')"
-trap 'echo "rm_ds: USR1 at $(date +%T): requeueing job $SLURM_JOB_ID; it resumes from its latest checkpoint"
-      scontrol requeue "$SLURM_JOB_ID"' USR1
+# an array task by ARRAYJOB_TASK: a bare SLURM_JOB_ID can be the array's id, which requeues every task
+job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
+job=${job:-$SLURM_JOB_ID}
+trap 'echo "rm_ds: USR1 at $(date +%T): requeueing job $job; it resumes from its latest checkpoint"
+      scontrol requeue "$job"' USR1
 trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
 
 step_args=(--nodes="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1)

@@ -204,10 +204,15 @@ def ablation(slurm, tmp_path_factory):
     resumable_step = int(latest.read_text().strip().split("_")[-1]) if latest.exists() else None
     # the warning Slurm sends before a time limit/preemption (--signal=B:USR1@120), sent now
     slurm.run(["scancel", "--batch", "--signal=USR1", task])
-    wait_for(lambda: job_states(slurm, job).get(REQUEUED, {}).get("JobState") in ("PENDING", "COMPLETED"),
-             f"{task} requeued")
-    # Slurm holds a requeued job back about two minutes (BeginTime); release it now
-    slurm.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
+
+    def restarted() -> bool:
+        state = job_states(slurm, job).get(REQUEUED, {})
+        if state.get("JobState") == "PENDING" and state.get("Reason") == "BeginTime":
+            # Slurm holds a requeued job back about two minutes; release it now
+            slurm.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
+        return int(state.get("Restarts", 0)) > 0 and state.get("JobState") in ("RUNNING", "COMPLETING", "COMPLETED")
+
+    wait_for(restarted, f"{task} requeued and started again")
     print(f"requeued after {time.monotonic() - t0:.0f}s")
     wait_for(lambda: not slurm.run(["squeue", "-h", "-j", job], check=False).stdout.strip(), "the array to finish")
     print(f"finished after {time.monotonic() - t0:.0f}s")
@@ -251,10 +256,13 @@ def test_requeued_task_resumes_from_its_checkpoint(ablation):
     assert resumed >= ablation["resumable_step"] > 0
     rows = [json.loads(line) for line in (ablation["runs"] / list(ROWS)[REQUEUED] / "metrics.jsonl").open()]
     steps = [r["step"] for r in rows if r["split"] == "train"]
-    # the first start logged 1..k (k >= resumed), the second continues at resumed+1, up to the end
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[:restart] == list(range(1, restart + 1)) and restart >= resumed
-    assert steps[restart:] == list(range(resumed + 1, MAX_STEPS + 1))
+    # the first start logged 1..k (k >= resumed; k == resumed when it was stopped right after the
+    # checkpoint), the second continues at resumed+1 up to the end
+    tail = list(range(resumed + 1, MAX_STEPS + 1))
+    head = steps[: len(steps) - len(tail)]
+    assert steps[len(head):] == tail and head == list(range(1, len(head) + 1)) and len(head) >= resumed, steps
+    others = [s for i, s in ablation["states"].items() if i != REQUEUED]
+    assert all(s["Restarts"] == "0" for s in others), "a requeue of one task restarted others"
 
 
 def test_compare_reads_the_ablation(ablation, tmp_path):
