@@ -109,6 +109,30 @@ def prepare(work: Path, *, n_pairs: int, models: list[str], datasets: list[str],
 # --------------------------------------------------------------------------- one measured run (subprocess)
 
 
+def _cpu_busy_s() -> float:
+    """Seconds of CPU time all cores spent busy so far (user..steal in /proc/stat)."""
+    vals = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class Window:
+    """Wall time of the timed part, and the share of the machine's CPU that other processes used
+    meanwhile (a run that shared its cores with something else is not a measurement)."""
+
+    def start(self) -> None:
+        self.t0, self.busy0, self.self0 = time.perf_counter(), _cpu_busy_s(), _self_cpu_s()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        foreign = (_cpu_busy_s() - self.busy0) - (_self_cpu_s() - self.self0)
+        return {"seconds": wall, "foreign_cpu": max(0.0, foreign) / (wall * (os.cpu_count() or 1))}
+
+
 def run_rm_ds(spec: dict) -> dict:
     from rm_ds import dist
     from rm_ds.collate import make_collate
@@ -160,12 +184,12 @@ def run_rm_ds(spec: dict) -> dict:
     for step_plan in warm:
         run(step_plan)
     totals = [0, 0, 0, 0]
-    t0 = time.perf_counter()
+    window = Window()
+    window.start()
     for step_plan in timed:
         totals = [a + b for a, b in zip(totals, run(step_plan))]
-    elapsed = time.perf_counter() - t0
     return {"pairs": totals[0], "real": totals[1], "computed": totals[2], "unshared": totals[3],
-            "seconds": elapsed, "steps": len(timed)}
+            "steps": len(timed), **window.stop()}
 
 
 def run_trl(spec: dict) -> dict:
@@ -187,7 +211,7 @@ def run_trl(spec: dict) -> dict:
                              "rejected_ids": r["prompt_ids"] + r["rejected_ids"]} for r in rows])
     n_steps = len(rows) // PAIRS_PER_STEP
     counts = {"real": 0, "computed": 0, "pairs": 0}
-    stamps = {"timing": False, "t0": None, "t1": None}
+    stamps = {"timing": False, "window": Window(), "result": None}
 
     class CountingRewardTrainer(RewardTrainer):
         """Counts the tokens of the timed steps' batches (accelerate fetches one batch ahead, so the
@@ -203,9 +227,10 @@ def run_trl(spec: dict) -> dict:
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             if state.global_step == spec["warmup"]:
-                stamps["t0"], stamps["timing"] = time.perf_counter(), True
+                stamps["timing"] = True
+                stamps["window"].start()
             elif state.global_step == spec["warmup"] + n_steps:
-                stamps["t1"], stamps["timing"] = time.perf_counter(), False
+                stamps["result"], stamps["timing"] = stamps["window"].stop(), False
 
     args = RewardConfig(
         output_dir=spec["tmp"], per_device_train_batch_size=PAIRS_PER_STEP, max_steps=spec["warmup"] + n_steps,
@@ -219,7 +244,7 @@ def run_trl(spec: dict) -> dict:
     trainer.train()
     assert torch.get_num_threads() == spec["threads"]
     return {"pairs": counts["pairs"], "real": counts["real"], "computed": counts["computed"],
-            "unshared": counts["real"], "seconds": stamps["t1"] - stamps["t0"], "steps": n_steps}
+            "unshared": counts["real"], "steps": n_steps, **stamps["result"]}
 
 
 def worker(spec: dict) -> None:
@@ -245,13 +270,37 @@ def trl_available() -> bool:
     return importlib.util.find_spec("trl") is not None
 
 
-def measure(spec: dict, env: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, cwd=str(REPO),
-                          capture_output=True, text=True)
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"variant {spec['variant']} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+def row_tokens(arg: str, cap: int) -> int | None:
+    return None if arg == "one" else 2 * cap if arg == "2cap" else int(arg)
+
+
+def wait_for_quiet(limit: float, *, max_wait_s: float = 600.0) -> float:
+    """Wait until other processes use at most ``limit`` of the machine's CPU over 2 s; returns the
+    last share seen (the run goes ahead after ``max_wait_s`` anyway, and its share is recorded)."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        b0, t0 = _cpu_busy_s(), time.perf_counter()
+        time.sleep(2.0)
+        share = (_cpu_busy_s() - b0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+        if share <= limit or time.monotonic() > deadline:
+            return share
+
+
+def measure(spec: dict, env: dict, *, quiet: float, tries: int) -> dict:
+    """One run in a fresh process; repeated (up to ``tries``) while other processes took more than
+    ``quiet`` of the CPU during its timed part. Returns the last try, with how many it took."""
+    for attempt in range(1, tries + 1):
+        wait_for_quiet(quiet)
+        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, cwd=str(REPO),
+                              capture_output=True, text=True)
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"variant {spec['variant']} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        result = json.loads(lines[-1][len("RESULT "):])
+        result["tries"] = attempt
+        if result["foreign_cpu"] <= quiet:
+            break
+    return result
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -261,6 +310,7 @@ def summarise(runs: list[dict]) -> dict:
             "useful": med(lambda r: r["real"] / r["computed"]),
             "reuse": med(lambda r: 1 - r["real"] / r["unshared"]),
             "peak_rss_mib": med(lambda r: r["peak_rss_mib"]),
+            "foreign_cpu_max": max(r["foreign_cpu"] for r in runs),
             "rounds": len(runs), "all_pairs_per_s": [round(r["pairs"] / r["seconds"], 2) for r in runs]}
 
 
@@ -292,8 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="tiny,llama12m", help=f"comma list of {list(MODELS)}")
     ap.add_argument("--datasets", default="wordnet,long", help=f"comma list of {list(DATASETS)}")
     ap.add_argument("--variants", default="abcde", help="letters of the variants to run")
-    ap.add_argument("--row-tokens", type=int, default=None,
-                    help="(d) only: pack into rows of at most this many tokens (default: one row per step)")
+    ap.add_argument("--row-tokens", default="2cap",
+                    help="(d) only: rows of at most this many tokens; '2cap' = 2 x the sequence cap (the longest "
+                         "possible pair), 'one' = all pairs of a step in one row")
+    ap.add_argument("--quiet", type=float, default=0.05,
+                    help="redo a run when other processes used more than this share of the CPU while it was timed")
+    ap.add_argument("--tries", type=int, default=4, help="at most this many tries per run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -328,11 +382,13 @@ def main(argv: list[str] | None = None) -> None:
                     for v in variants:
                         spec = {"variant": v, "model": assets["models"][model], "data": assets["data"][data],
                                 "max_length": DATASETS[data], "warmup": args.warmup, "threads": args.threads,
-                                "seed": args.seed, "row_tokens": args.row_tokens, "tmp": str(work / "trl_out")}
-                        r = measure(spec, env)
+                                "seed": args.seed, "row_tokens": row_tokens(args.row_tokens, DATASETS[data]),
+                                "tmp": str(work / "trl_out")}
+                        r = measure(spec, env, quiet=args.quiet, tries=args.tries)
                         raw[v].append(r)
                         print(f"  {model}/{data} round {rnd + 1} ({v}): {r['pairs'] / r['seconds']:.1f} pairs/s, "
-                              f"useful {r['real'] / r['computed']:.3f}, peak {r['peak_rss_mib']:.0f} MiB", flush=True)
+                              f"useful {r['real'] / r['computed']:.3f}, peak {r['peak_rss_mib']:.0f} MiB, "
+                              f"other processes {100 * r['foreign_cpu']:.0f}% CPU (try {r['tries']})", flush=True)
                 results[(model, data)] = {v: summarise(rs) for v, rs in raw.items()}
     print(table(results, variants), flush=True)
     if args.out:

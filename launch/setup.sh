@@ -10,10 +10,13 @@ cd "$(dirname "$0")/.."
 VENV=${RM_DS_VENV:-.venv}
 TORCH_SPEC=${RM_DS_TORCH:-torch==2.13.0}
 
-# System packages: OpenMPI (mpirun, mpi4py's libmpi) and WordNet (the default data).
+# System packages: OpenMPI (mpirun, mpi4py's libmpi), WordNet (the default data), and for the
+# cluster tests a local Slurm (slurm-wlm, munge) and shellcheck.
 need=()
 command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
 [ -f /usr/share/wordnet/data.noun ] || need+=(wordnet-base)
+{ [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ]; } || need+=(slurm-wlm munge)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq

@@ -55,9 +55,11 @@ def init(*, mpi_discovery: bool = False) -> DistInfo:
     deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
     info = current()
     if info.world_size > 1:  # one line per rank: what a multi-node log needs to show who joined what
-        print(f"[rank{info.rank}] rm_ds.dist: joined world size {info.world_size} as rank {info.rank} "
-              f"(local rank {info.local_rank}, via {via}, master {os.environ['MASTER_ADDR']}:"
-              f"{os.environ['MASTER_PORT']})", file=sys.stderr, flush=True)
+        # one write, so the lines of ranks sharing a log do not interleave
+        sys.stderr.write(f"[rank{info.rank}] rm_ds.dist: joined world size {info.world_size} as rank {info.rank} "
+                         f"(local rank {info.local_rank}, via {via}, master {os.environ['MASTER_ADDR']}:"
+                         f"{os.environ['MASTER_PORT']})\n")
+        sys.stderr.flush()
     return info
 
 
@@ -170,11 +172,14 @@ def barrier() -> None:
 
 @contextmanager
 def main_rank_first(info: DistInfo):
-    """Rank 0 runs the body first (e.g. to fill a cache), then the others."""
-    if not info.is_main:
+    """Each node's local rank 0 runs the body first (e.g. to fill a node-local cache), then the rest.
+
+    Every rank passes the same two barriers, so the ordering holds across nodes too.
+    """
+    if info.local_rank != 0:
         barrier()
     yield
-    if info.is_main:
+    if info.local_rank == 0:
         barrier()
 
 

@@ -146,29 +146,38 @@ def attention_mask_for(mask: torch.Tensor, attn_implementation: str, dtype: torc
                      f"{attn_implementation!r} does not take here; use one of {MASK_IMPLEMENTATIONS}")
 
 
-def _first_fit(items: Sequence[int], width: int) -> list[list[int]]:
-    """Indices of ``items`` (lengths) in rows of at most ``width`` (first fit, longest first)."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(items)), key=lambda j: -items[j]):
-        for k, left in enumerate(room):
-            if items[i] <= left:
-                rows[k].append(i)
-                room[k] -= items[i]
-                break
-        else:
-            rows.append([i])
-            room.append(width - items[i])
-    return rows
+def balanced_rows(sizes: Sequence[int], width: int) -> list[list[int]]:
+    """Indices of ``sizes`` grouped into the fewest rows of at most ``width`` that a balanced deal finds.
+
+    Rows are padded to the longest, so k rows are filled evenly (longest first, each to the
+    least-loaded row) rather than first-fit (full rows and a short last one); k starts at
+    ``ceil(sum / width)`` and grows until no row exceeds ``width``.
+
+    >>> balanced_rows([40, 40, 40, 40, 30, 30], 128)   # 220 tokens: 2 rows of 110, not 120 + 100
+    [[0, 2, 4], [1, 3, 5]]
+    """
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    k = max(1, -(-sum(sizes) // width))
+    while True:
+        rows: list[list[int]] = [[] for _ in range(k)]
+        load = [0] * k
+        for i in order:
+            r = min(range(k), key=lambda j: (load[j], j))
+            rows[r].append(i)
+            load[r] += sizes[i]
+        if max(load) <= width or k >= len(sizes):
+            return [sorted(r) for r in rows if r]
+        k += 1
 
 
 def collate_layout(rows: Sequence[dict], *, prefix_sharing: bool, packing: bool, pad_id: int, eos_id: int,
                    row_tokens: int | None = None) -> dict:
     """Rows of pairs -> a shared and/or packed batch (layout in the module docstring).
 
-    ``packing`` puts all pairs in one row, or with ``row_tokens`` in as few rows of at most that many
-    tokens as first-fit finds (a pair never spans two rows); rows are then padded to the longest.
-    Without packing each pair is its own row (only with ``prefix_sharing``).
+    ``packing`` puts all pairs in one row, or with ``row_tokens`` in evenly filled rows of at most that
+    many tokens (``balanced_rows``; a pair never spans two rows, and one longer than ``row_tokens``
+    gets a row of its own); rows are then padded to the longest. Without packing each pair is its own
+    row (only with ``prefix_sharing``).
     """
     if not prefix_sharing and not packing:
         raise ValueError("the padded layout is rm_ds.collate.collate_pairs")
@@ -182,7 +191,7 @@ def collate_layout(rows: Sequence[dict], *, prefix_sharing: bool, packing: bool,
     elif row_tokens is None:
         layout_rows = [list(range(len(pairs)))]
     else:
-        layout_rows = _first_fit(sizes, max(row_tokens, max(sizes)))
+        layout_rows = balanced_rows(sizes, max(row_tokens, max(sizes)))
     width = max(sum(sizes[i] for i in lr) for lr in layout_rows)
     n_rows = len(layout_rows)
     input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)

@@ -2,10 +2,11 @@
 # Inside a Slurm allocation: start launch/train_node.sh once per node with srun, the head node as
 # master, and requeue the job on USR1. Called by slurm/train.sbatch and slurm/ablation.sbatch:
 #   bash slurm/srun_train.sh [--config NAME|FILE.yaml] [key.sub=value ...]
-# USR1 is the warning the sbatch files ask Slurm for (--signal=B:USR1@120: before the time limit
-# or a preemption); `scancel --batch --signal=USR1 JOBID` sends it by hand. The requeued job starts
-# again with the same arguments, which end in resume=auto: it continues from its latest complete
-# checkpoint. Ranks per node: NPROC_PER_NODE, else the node's GPUs, else --cpus-per-task.
+# USR1 is the warning the sbatch files ask Slurm for two minutes before the time limit
+# (--signal=B:USR1@120); `scancel --batch --signal=USR1 JOBID` sends it by hand. A preemption under
+# PreemptMode=REQUEUE, `scontrol requeue` or a node failure requeue the job (--requeue) without it.
+# The job starts again with the same arguments, which end in resume=auto: it continues from its
+# latest complete checkpoint. Ranks per node: NPROC_PER_NODE, else the node's GPUs, else --cpus-per-task.
 set -euo pipefail
 : "${SLURM_JOB_ID:?run inside a Slurm job, e.g. sbatch slurm/train.sbatch --config default}"
 NNODES=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}

@@ -6,7 +6,7 @@ stopped by PID at the end. They run as root, so the module is skipped for other 
 
 One array of two rows (full fine-tune and LoRA r8 on the tiny model, one rank each, side by side on
 the node's two CPUs) is submitted through ``slurm/ablation.sbatch``. Once the LoRA task has written
-its first checkpoint it gets USR1, the warning Slurm sends before a time limit or preemption; the
+its first checkpoint it gets USR1, the warning Slurm sends before the time limit (``--signal``); the
 sbatch traps it and requeues itself; the task starts again and must resume from that checkpoint.
 About 1-2 minutes in all.
 """
@@ -202,7 +202,7 @@ def ablation(slurm, tmp_path_factory):
              f"a checkpoint of task {task}")
     print(f"checkpoint after {time.monotonic() - t0:.0f}s")
     resumable_step = int(latest.read_text().strip().split("_")[-1]) if latest.exists() else None
-    # the warning Slurm sends before a time limit/preemption (--signal=B:USR1@120), sent now
+    # the warning Slurm sends before the time limit (--signal=B:USR1@120), sent now
     slurm.run(["scancel", "--batch", "--signal=USR1", task])
 
     def restarted() -> bool:
@@ -210,7 +210,7 @@ def ablation(slurm, tmp_path_factory):
         if state.get("JobState") == "PENDING" and state.get("Reason") == "BeginTime":
             # Slurm holds a requeued job back about two minutes; release it now
             slurm.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
-        return int(state.get("Restarts", 0)) > 0 and state.get("JobState") in ("RUNNING", "COMPLETING", "COMPLETED")
+        return int(state.get("Restarts", 0)) > 0 and state.get("JobState") in ("RUNNING", "COMPLETED")
 
     wait_for(restarted, f"{task} requeued and started again")
     print(f"requeued after {time.monotonic() - t0:.0f}s")
