@@ -1,4 +1,4 @@
-# python bench/throughput.py --rounds 3 --out docs/throughput.json
+# python bench/throughput.py --rounds 5 --out docs/throughput.json
 """Training throughput of rm_ds batch layouts side by side with TRL's RewardTrainer, on CPU.
 
 Variants (one optimizer step = 16 pairs, one micro-batch per step for every variant):
@@ -6,7 +6,8 @@ Variants (one optimizer step = 16 pairs, one micro-batch per step for every vari
   a  padded, fixed micro-batches: random order, chosen and rejected rows padded to the batch's longest
   b  token budget + length grouping (the sampler's mega-batch sort), padded rows
   c  prefix sharing: one [P|C|R] row per pair (block mask, R's positions continue from P), padded
-  d  prefix sharing + packing: pairs packed block-diagonally into rows, no padding
+  d  prefix sharing + packing: pairs packed block-diagonally into rows (each up to twice the step's
+     longest pair, filled evenly), rows padded to the longest
   e  TRL RewardTrainer (pip install trl; skipped with a note when trl is missing)
 
 Held equal: model weights (one saved folder, loaded the same way, sdpa, fp32, dropout 0), the token
@@ -14,11 +15,16 @@ stream (one tokenisation by rm_ds, pairs over the cap dropped up front so neithe
 drops; TRL gets the same ids as ``chosen_ids = prompt + chosen``), the sequence cap, AdamW with the
 same lr, betas, eps, no weight decay, constant schedule, grad-norm clip 1.0, no activation
 checkpointing, threads, 16 pairs per step, warm-up steps, and the timed pairs (one epoch over the
-same pairs; TRL: the same number of steps in random batches, as it samples). rm_ds variants run its
-real training step (``rm_ds.engine.train_step``) on a single-process DeepSpeed ZeRO-0 engine with the
-sampler, collate and reward code of the product. Each (variant, round) is a fresh subprocess (peak
-RSS is per variant); rounds interleave the variants (a b c d e a b c d e ...), and the table reports
-medians over rounds. Timing includes collation, as a training loop pays it.
+same pairs; TRL: the same number of steps in random batches, as it samples). rm_ds variants use the
+product's sampler, collate, reward (``rm_ds.model.rewards``) and loss code; the step around them is
+``--engine torch`` (default): plain torch AdamW + clip_grad_norm_ in one process, the machinery
+TRL's Trainer uses, so the comparison isolates the batch layout; or ``--engine deepspeed``: the
+product's ``rm_ds.engine.train_step`` on a single-process DeepSpeed ZeRO-0 engine (about 10% slower
+per step at world size 1: DeepSpeed still flattens and "all-reduces" the gradients). Each (variant,
+round) is a fresh subprocess (peak RSS is per variant); rounds interleave the variants (a b c d e
+a b c d e ...); a run during which other processes took more than ``--quiet`` of the CPU is redone.
+The table reports medians over rounds, and ratios as medians of same-round ratios. Timing includes
+collation, as a training loop pays it.
 
 Datasets: ``wordnet`` (the bundled WordNet definition pairs, cap 128) and ``long`` (the same pairs with
 a multi-definition context prepended to every prompt: prompts of ~50-300 tokens, cap 384).
@@ -155,7 +161,6 @@ def run_rm_ds(spec: dict) -> dict:
         f"train.micro_batching={'fixed' if v == 'a' else 'token_budget'}", f"train.token_budget={budget}",
         f"train.pairs_per_micro={PAIRS_PER_STEP}", f"train.length_grouping={str(v != 'a').lower()}",
         "deepspeed.config=zero0", f"train.seed={spec['seed']}"])
-    info = dist.init()
     tok = load_tokenizer(cfg.model.name_or_path)
     pad = resolve_pad_token(tok, cfg.model, last_token_pooling=True)
     cols = {k: [r[k] for r in rows] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
@@ -173,13 +178,39 @@ def run_rm_ds(spec: dict) -> dict:
                            row_tokens=spec.get("row_tokens") if packing else None)
     timed, warm = sampler.plan_epoch(0), sampler.plan_epoch(1)[: spec["warmup"]]
     steps = len(warm) + len(timed)
-    ds_config = build_ds_config(cfg, world_size=1, max_micro_steps=max(len(s[0]) for s in timed + warm))
-    engine = build_engine(build_reward_model(cfg.model, pad_token_id=pad), cfg, ds_config, total_steps=steps)
+    model = build_reward_model(cfg.model, pad_token_id=pad)
+    if spec["engine"] == "deepspeed":  # the product's step: pair-count scaling, DeepSpeed clip and step
+        info = dist.init()
+        ds_config = build_ds_config(cfg, world_size=1, max_micro_steps=max(len(s[0]) for s in timed + warm))
+        engine = build_engine(model, cfg, ds_config, total_steps=steps)
+
+        def step(batches: list[dict]) -> int:
+            return train_step(engine, batches, cfg, world_size=info.world_size).n_pairs
+    else:  # plain torch around the same rewards/loss code: what TRL's Trainer does around its model
+        import torch
+
+        from rm_ds.loss import bt_loss
+        from rm_ds.model import rewards
+
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=0.0)
+
+        def step(batches: list[dict]) -> int:
+            n = sum(b["n_pairs"] for b in batches)
+            for b in batches:
+                chosen, rejected = rewards(model, b)
+                per_pair = bt_loss(chosen, rejected, margin=b["margin"], weight=b["weight"])
+                ((per_pair * b["pair_mask"]).sum() / n).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return n
 
     def run(step_plan) -> tuple[int, int, int, int]:
         batches = [collate([rows[i] for i in mb]) for mb in step_plan[0]]
-        st = train_step(engine, batches, cfg, world_size=info.world_size)
-        return st.n_pairs, st.real_tokens, st.computed_tokens, sum(b["unshared_tokens"] for b in batches)
+        n = step(batches)
+        return (n, sum(b["real_tokens"] for b in batches), sum(b["computed_tokens"] for b in batches),
+                sum(b["unshared_tokens"] for b in batches))
 
     for step_plan in warm:
         run(step_plan)
@@ -255,7 +286,7 @@ def worker(spec: dict) -> None:
     result = run_trl(spec) if spec["variant"] == "e" else run_rm_ds(spec)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("RESULT " + json.dumps(result), flush=True)
-    if spec["variant"] != "e":
+    if spec["variant"] != "e" and spec["engine"] == "deepspeed":
         from rm_ds import dist
 
         dist.shutdown(0)
@@ -270,8 +301,8 @@ def trl_available() -> bool:
     return importlib.util.find_spec("trl") is not None
 
 
-def row_tokens(arg: str, cap: int) -> int | None:
-    return None if arg == "one" else 2 * cap if arg == "2cap" else int(arg)
+def row_tokens(arg: str) -> int | None:
+    return None if arg == "auto" else 10**9 if arg == "one" else int(arg)
 
 
 def wait_for_quiet(limit: float, *, max_wait_s: float = 600.0) -> float:
@@ -303,9 +334,16 @@ def measure(spec: dict, env: dict, *, quiet: float, tries: int) -> dict:
     return result
 
 
-def summarise(runs: list[dict]) -> dict:
+def summarise(runs: list[dict], *, a_runs: list[dict] | None, trl_runs: list[dict] | None) -> dict:
+    """Medians over rounds; the ratios are medians of same-round ratios (a round's runs are minutes
+    apart, so a slow spell of the machine hits the numerator and denominator alike)."""
     med = lambda key: statistics.median(key(r) for r in runs)  # noqa: E731
-    return {"pairs_per_s": med(lambda r: r["pairs"] / r["seconds"]),
+    pps = lambda r: r["pairs"] / r["seconds"]  # noqa: E731
+
+    def ratio(base: list[dict] | None) -> float | None:
+        return statistics.median(pps(r) / pps(b) for r, b in zip(runs, base)) if base else None
+
+    return {"pairs_per_s": med(pps), "x_a": ratio(a_runs), "x_trl": ratio(trl_runs),
             "tokens_per_s": med(lambda r: r["real"] / r["seconds"]),
             "useful": med(lambda r: r["real"] / r["computed"]),
             "reuse": med(lambda r: 1 - r["real"] / r["unshared"]),
@@ -320,14 +358,12 @@ def table(results: dict, variants: list[str]) -> str:
         lines.append(f"\n{model} on {data} (medians of {next(iter(per.values()))['rounds']} rounds)")
         lines.append(f"{'variant':<34} {'pairs/s':>8} {'tok/s':>8} {'useful':>7} {'reuse':>6} {'peak MiB':>9} "
                      f"{'x (a)':>6} {'x TRL':>6}")
-        base = per.get("a", {}).get("pairs_per_s")
-        trl = per.get("e", {}).get("pairs_per_s")
         for v in variants:
             if v not in per:
                 continue
             s = per[v]
-            xa = f"{s['pairs_per_s'] / base:.2f}" if base else "-"
-            xt = f"{s['pairs_per_s'] / trl:.2f}" if trl else "-"
+            xa = f"{s['x_a']:.2f}" if s["x_a"] else "-"
+            xt = f"{s['x_trl']:.2f}" if s["x_trl"] else "-"
             lines.append(f"({v}) {VARIANTS[v]:<30} {s['pairs_per_s']:8.1f} {s['tokens_per_s']:8.0f} {s['useful']:7.3f} "
                          f"{s['reuse']:6.3f} {s['peak_rss_mib']:9.0f} {xa:>6} {xt:>6}")
     return "\n".join(lines)
@@ -342,12 +378,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="tiny,llama12m", help=f"comma list of {list(MODELS)}")
     ap.add_argument("--datasets", default="wordnet,long", help=f"comma list of {list(DATASETS)}")
     ap.add_argument("--variants", default="abcde", help="letters of the variants to run")
-    ap.add_argument("--row-tokens", default="2cap",
-                    help="(d) only: rows of at most this many tokens; '2cap' = 2 x the sequence cap (the longest "
-                         "possible pair), 'one' = all pairs of a step in one row")
+    ap.add_argument("--row-tokens", default="auto",
+                    help="(d) only: packed rows of at most this many tokens; 'auto' (rm_ds's default): twice the "
+                         "micro-batch's longest pair; 'one': all pairs of a step in one row")
     ap.add_argument("--quiet", type=float, default=0.05,
                     help="redo a run when other processes used more than this share of the CPU while it was timed")
     ap.add_argument("--tries", type=int, default=4, help="at most this many tries per run")
+    ap.add_argument("--engine", choices=("deepspeed", "torch"), default="torch",
+                    help="rm_ds variants: the product's DeepSpeed ZeRO-0 step (train_step) or a plain torch "
+                         "AdamW step around the same collate/rewards/loss code")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -371,7 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="rm_ds_bench_") as tmp:
         work = Path(tmp)
         assets = prepare(work, n_pairs=args.pairs, models=models, datasets=datasets, seed=args.seed)
-        print(f"machine: {os.cpu_count()} cores; threads {args.threads}; {args.pairs} timed pairs per run, "
+        print(f"machine: {os.cpu_count()} cores; threads {args.threads}; rm_ds engine {args.engine}; "
+              f"{args.pairs} timed pairs per run, "
               f"{args.warmup} warm-up steps, {PAIRS_PER_STEP} pairs per step; variants {''.join(variants)} "
               f"interleaved x {args.rounds} rounds", flush=True)
         results: dict = {}
@@ -382,14 +422,15 @@ def main(argv: list[str] | None = None) -> None:
                     for v in variants:
                         spec = {"variant": v, "model": assets["models"][model], "data": assets["data"][data],
                                 "max_length": DATASETS[data], "warmup": args.warmup, "threads": args.threads,
-                                "seed": args.seed, "row_tokens": row_tokens(args.row_tokens, DATASETS[data]),
-                                "tmp": str(work / "trl_out")}
+                                "seed": args.seed, "row_tokens": row_tokens(args.row_tokens),
+                                "tmp": str(work / "trl_out"), "engine": args.engine}
                         r = measure(spec, env, quiet=args.quiet, tries=args.tries)
                         raw[v].append(r)
                         print(f"  {model}/{data} round {rnd + 1} ({v}): {r['pairs'] / r['seconds']:.1f} pairs/s, "
                               f"useful {r['real'] / r['computed']:.3f}, peak {r['peak_rss_mib']:.0f} MiB, "
                               f"other processes {100 * r['foreign_cpu']:.0f}% CPU (try {r['tries']})", flush=True)
-                results[(model, data)] = {v: summarise(rs) for v, rs in raw.items()}
+                results[(model, data)] = {v: summarise(rs, a_runs=raw.get("a"), trl_runs=raw.get("e"))
+                                          for v, rs in raw.items()}
     print(table(results, variants), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({f"{m}/{d}": per for (m, d), per in results.items()}, indent=1))

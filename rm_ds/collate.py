@@ -60,8 +60,8 @@ def make_collate(*, prefix_sharing: bool, packing: bool, pad_id: int, eos_id: in
 
     Neither: ``collate_pairs`` (2B padded rows) plus ``unshared_tokens`` (= its real tokens), so every
     layout reports the same counts. Otherwise ``rm_ds.packing.collate_layout``: one ``[P|C|R]`` row
-    per pair, or pairs packed into one row (``row_tokens``: rows of at most that many tokens), with a
-    4-D block mask and per-pair position ids. ``rm_ds.model.rewards`` reads either.
+    per pair, or pairs packed into rows (``row_tokens`` caps a row; default twice the micro-batch's
+    longest pair), with a 4-D block mask and per-pair position ids. ``rm_ds.model.rewards`` reads either.
     """
     if not prefix_sharing and not packing:
         def padded(rows: Sequence[dict]) -> dict:

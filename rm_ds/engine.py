@@ -39,6 +39,8 @@ class StepStats:
     """Non-pad tokens computed over all ranks."""
     computed_tokens: int
     """Tokens computed (pad included) over all ranks."""
+    unshared_tokens: int
+    """Real tokens the padded two-row layout would compute (prompt twice) over all ranks."""
     micro_steps: int
     """Micro-steps this step took on each rank."""
     grad_norm: float | None
@@ -102,7 +104,7 @@ def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: in
     if global_pairs <= 0:
         raise RuntimeError("optimizer step with no pairs on any rank")
     scale = world_size / global_pairs
-    sums = torch.zeros(5, dtype=torch.float64)  # loss, correct, margin, real tokens, computed tokens
+    sums = torch.zeros(6, dtype=torch.float64)  # loss, correct, margin, real, computed, unshared tokens
     lc = cfg.loss
     for i, batch in enumerate(micro_batches):
         engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
@@ -118,12 +120,14 @@ def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: in
             correct = (diff > 0).double() + 0.5 * (diff == 0).double()
             sums += torch.stack([(per_pair.double() * mask).sum(), (correct * mask).sum(), (diff * mask).sum(),
                                  torch.tensor(float(batch["real_tokens"]), dtype=torch.float64),
-                                 torch.tensor(float(batch["computed_tokens"]), dtype=torch.float64)])
+                                 torch.tensor(float(batch["computed_tokens"]), dtype=torch.float64),
+                                 torch.tensor(float(batch.get("unshared_tokens", batch["real_tokens"])),
+                                              dtype=torch.float64)])
     g = dist.all_reduce_sum(sums)
     grad_norm = engine.get_global_grad_norm()
     return StepStats(loss=float(g[0] / global_pairs), accuracy=float(g[1] / global_pairs),
                      margin=float(g[2] / global_pairs), n_pairs=int(global_pairs), real_tokens=int(g[3]),
-                     computed_tokens=int(g[4]), micro_steps=len(micro_batches),
+                     computed_tokens=int(g[4]), unshared_tokens=int(g[5]), micro_steps=len(micro_batches),
                      grad_norm=None if grad_norm is None else float(grad_norm), lr=float(engine.get_lr()[0]))
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from rm_ds import dist
-from rm_ds.collate import collate_pairs
 from rm_ds.config import Config
 from rm_ds.engine import score_batches
 from rm_ds.metrics import pairwise_metrics
+from rm_ds.packing import pair_lengths, sampler_cost
 from rm_ds.sampler import eval_shards
 
 
@@ -32,20 +32,17 @@ class EvalScores:
     rejected: np.ndarray
 
 
-def shard_batches(ds, cfg: Config, *, rank: int, world_size: int, pad_id: int,
-                  eos_id: int) -> list[tuple[list[int], dict]]:
+def shard_batches(ds, cfg: Config, *, rank: int, world_size: int, collate) -> list[tuple[list[int], dict]]:
     """This rank's eval micro-batches: (pair indices, collated batch); ``[]`` marks a filler forward."""
     budget = cfg.eval.token_budget or cfg.train.token_budget
-    shards = eval_shards(ds["pair_len"], world_size=world_size, token_budget=budget, pairs_per_micro=None)
-    out = []
-    for idx in shards[rank]:
-        rows = [ds[int(i)] for i in idx]
-        out.append((list(idx), collate_pairs(rows, pad_id=pad_id, eos_id=eos_id)))
-    return out
+    layout = dict(prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
+    shards = eval_shards(pair_lengths(ds, **layout), world_size=world_size, token_budget=budget, pairs_per_micro=None,
+                         cost=sampler_cost(packing=cfg.data.packing))
+    return [(list(idx), collate([ds[int(i)] for i in idx])) for idx in shards[rank]]
 
 
-def gather_scores(engine, ds, cfg: Config, *, rank: int, world_size: int, pad_id: int, eos_id: int) -> EvalScores:
-    batches = shard_batches(ds, cfg, rank=rank, world_size=world_size, pad_id=pad_id, eos_id=eos_id)
+def gather_scores(engine, ds, cfg: Config, *, rank: int, world_size: int, collate) -> EvalScores:
+    batches = shard_batches(ds, cfg, rank=rank, world_size=world_size, collate=collate)
     scored = score_batches(engine, [b for _, b in batches])
     local = []
     for (idx, batch), (c, r) in zip(batches, scored):

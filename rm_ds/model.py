@@ -119,14 +119,15 @@ def require_last_token_pooling(model_or_config) -> None:
 
 
 def reward_head(model) -> torch.nn.Module:
-    """The ``score`` head of a last-token-pooling model (inside a DeepSpeed engine or PEFT wrapper)."""
+    """The per-position reward head (``score`` on HF decoders; see ``HEAD_NAMES``) of a last-token-pooling
+    model, also inside a DeepSpeed engine or a PEFT wrapper (the outermost module of that name)."""
     root = getattr(model, "module", model)
     require_last_token_pooling(root)
     for name, module in root.named_modules():
-        if name.rsplit(".", 1)[-1] == "score":
+        if name.rsplit(".", 1)[-1] in HEAD_NAMES:
             return module
-    raise ValueError(f"data.prefix_sharing / data.packing read rewards from a 'score' head; "
-                     f"{type(root).__name__} has none")
+    raise ValueError(f"data.prefix_sharing / data.packing read rewards from the reward head's per-position "
+                     f"output; {type(root).__name__} has no module named {' or '.join(HEAD_NAMES)}")
 
 
 def _rewards_at_positions(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

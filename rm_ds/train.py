@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +27,15 @@ import torch
 
 from rm_ds import checkpoint, dist
 from rm_ds.builtin import rm_ds_home
-from rm_ds.collate import collate_pairs
+from rm_ds.collate import make_collate
 from rm_ds.config import Config, build_ds_config, save_config
 from rm_ds.data import load_pairs
 from rm_ds.engine import build_engine, model_build_context, train_step
 from rm_ds.evaluate import compute_metrics, gather_scores
 from rm_ds.metrics import fit_temperature
 from rm_ds.model import (build_reward_model, head_name, load_model_config, load_tokenizer, param_counts,
-                          pools_last_token, resolve_pad_token)
+                          pools_last_token, require_last_token_pooling, resolve_pad_token)
+from rm_ds.packing import pair_lengths, sampler_cost
 from rm_ds.sampler import PairSampler, SamplerConfig
 from rm_ds.selection import EarlyStopping
 from rm_ds.tokenize import TokenizeOptions, cache_key, eos_id, tokenize_pairs
@@ -152,7 +154,7 @@ def evaluate_and_log(tr: "Trainer", step: int) -> dict[str, float]:
     """Score every eval pair once over all ranks, fit a temperature, log and save on rank 0."""
     cfg, ds = tr.cfg, tr.data.eval
     scores = gather_scores(tr.engine, ds, cfg, rank=tr.info.rank, world_size=tr.info.world_size,
-                           pad_id=tr.pad_id, eos_id=tr.eos)
+                           collate=tr.collate)
     margins = scores.chosen - scores.rejected
     temperature = fit_temperature(margins, beta=cfg.loss.beta)
     metrics = compute_metrics(scores, ds, cfg, temperature=temperature)
@@ -213,6 +215,8 @@ class Trainer:
     sampler: PairSampler
     engine: object
     logger: RunLogger
+    collate: Callable
+    """rows -> batch for the configured layout (padded, prefix-shared, packed)."""
     pad_id: int
     eos: int
     total_steps: int
@@ -244,12 +248,13 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Trainer
 
     # every rank computes the same plan and takes its part
     t = cfg.train
-    sampler = None if not training else PairSampler(data.train["pair_len"], SamplerConfig(
+    layout = dict(prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
+    sampler = None if not training else PairSampler(pair_lengths(data.train, **layout), SamplerConfig(
         global_batch_pairs=t.global_batch_pairs, mode=t.micro_batching,
         token_budget=t.token_budget if t.micro_batching == "token_budget" else None,
         pairs_per_micro=t.pairs_per_micro if t.micro_batching == "fixed" else None,
-        length_grouping=t.length_grouping, drop_last=t.drop_last), world_size=info.world_size, rank=info.rank,
-        seed=t.seed)
+        length_grouping=t.length_grouping, drop_last=t.drop_last, cost=sampler_cost(packing=cfg.data.packing)),
+        world_size=info.world_size, rank=info.rank, seed=t.seed)
     steps_per_epoch = sampler.steps_per_epoch() if training else 0
     total_steps = min(t.max_steps or math.inf, steps_per_epoch * t.epochs) if training else 0
     max_micro = max(len(step[0]) for step in sampler.plan_epoch(0)) if training else 1
@@ -268,7 +273,10 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Trainer
     logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.logging.tensorboard)
     stopper = EarlyStopping(metric=cfg.eval.metric, mode=cfg.eval.mode, patience=cfg.eval.patience,
                             min_delta=cfg.eval.min_delta)
+    if cfg.data.prefix_sharing or cfg.data.packing:
+        require_last_token_pooling(model.get_base_model() if cfg.lora.enabled else model)
     tr = Trainer(cfg=cfg, info=info, data=data, sampler=sampler, engine=engine, logger=logger,
+                 collate=make_collate(**layout, pad_id=pad_id, eos_id=eos_id(tokenizer)),
                  pad_id=pad_id, eos=eos_id(tokenizer), total_steps=int(total_steps), stopper=stopper,
                  eval_hash=dataset_hash(data.eval) if data.eval is not None else None,
                  trainable_params=trainable, total_params=total)
@@ -285,6 +293,7 @@ def step_scalars(tr: Trainer, stats, dt: float, epoch: int) -> dict[str, float]:
             "grad_norm": stats.grad_norm, "n_pairs": stats.n_pairs, "pairs_per_s": stats.n_pairs / dt,
             "tokens_per_s": stats.real_tokens / dt,
             "useful_token_ratio": stats.real_tokens / max(1, stats.computed_tokens),
+            "prompt_reuse_share": 1.0 - stats.real_tokens / max(1, stats.unshared_tokens),
             "micro_steps": stats.micro_steps, "epoch": epoch, "peak_mem_mib": max(peaks),
             **{f"peak_mem_mib/rank{r}": v for r, v in enumerate(peaks)},
             "trainable_params": tr.trainable_params, "total_params": tr.total_params}
@@ -319,19 +328,19 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
 
         progress = tqdm(total=tr.total_steps, initial=tr.step, desc="train", unit="step", dynamic_ncols=True)
     report_every = max(1, tr.total_steps // 20)  # without a terminal: a progress line every 5%
-    totals = {"pairs": 0, "real": 0, "computed": 0, "time": 0.0}
+    totals = {"pairs": 0, "real": 0, "computed": 0, "unshared": 0, "time": 0.0}
     while tr.step < tr.total_steps:
         epoch = tr.sampler.state_dict()["epoch"]
         for micro_idx in tr.sampler:
             t0 = time.perf_counter()
-            batches = [collate_pairs(rows_at(tr.data.train, mb), pad_id=tr.pad_id, eos_id=tr.eos)
-                       for mb in micro_idx]
+            batches = [tr.collate(rows_at(tr.data.train, mb)) for mb in micro_idx]
             stats = train_step(tr.engine, batches, cfg, world_size=info.world_size)
             dt = time.perf_counter() - t0
             tr.step += 1
             totals["pairs"] += stats.n_pairs
             totals["real"] += stats.real_tokens
             totals["computed"] += stats.computed_tokens
+            totals["unshared"] += stats.unshared_tokens
             totals["time"] += dt
             if on_step is not None:
                 on_step(tr.step, stats)
@@ -355,6 +364,7 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
             "pairs_per_s": totals["pairs"] / max(totals["time"], 1e-9),
             "tokens_per_s": totals["real"] / max(totals["time"], 1e-9),
             "useful_token_ratio": totals["real"] / max(1, totals["computed"]),
+            "prompt_reuse_share": 1.0 - totals["real"] / max(1, totals["unshared"]),
             "peak_mem_mib": dist.all_reduce_max(peak_rss_mib()), "trainable_params": tr.trainable_params,
             "total_params": tr.total_params}
 
@@ -418,7 +428,8 @@ def format_summary(summary: dict, metrics: dict) -> str:
     lines = ["", "== rm_ds training finished ==",
              f"steps {summary['steps']}  pairs {summary['pairs']}  time {summary['train_time_s']:.1f}s  "
              f"{summary['pairs_per_s']:.1f} pairs/s  {summary['tokens_per_s']:.0f} tokens/s  "
-             f"useful-token ratio {summary['useful_token_ratio']:.3f}  peak mem {summary['peak_mem_mib']:.0f} MiB"]
+             f"useful-token ratio {summary['useful_token_ratio']:.3f}  prompt reuse {summary['prompt_reuse_share']:.3f}  "
+             f"peak mem {summary['peak_mem_mib']:.0f} MiB"]
     if metrics:
         keys = ["n_pairs", "accuracy", "auc", "loss", "margin_mean", "ece", "ece_calibrated", "temperature",
                 "brier", "nll"]

@@ -61,8 +61,7 @@ def eval_worker(ovr: list[str], paths: list[str]) -> dict:
     out = {}
     for path in paths:
         ds, _ = load_split(cfg, tok, path, split="test", max_pairs=None)
-        scores = gather_scores(tr.engine, ds, cfg, rank=info.rank, world_size=info.world_size, pad_id=tr.pad_id,
-                               eos_id=tr.eos)
+        scores = gather_scores(tr.engine, ds, cfg, rank=info.rank, world_size=info.world_size, collate=tr.collate)
         out[path] = {"index": scores.index.tolist(), "chosen": scores.chosen.tolist(),
                      "rejected": scores.rejected.tolist(), "metrics": compute_metrics(scores, ds, cfg)}
     return out
