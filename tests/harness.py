@@ -92,3 +92,30 @@ def run_distributed(worker, *, world_size: int, args: tuple = (), timeout: float
         codes = [p.exitcode for p in procs]
         assert codes == [0] * world_size, f"ranks exited with {codes}"
         return [results[r] for r in range(world_size)]
+
+
+WORDS = ("the a dog cat runs quickly under over blue green small large animal plant river stone house "
+         "light dark water fire tree bird fish moves sleeps eats grows").split()
+
+
+def make_tiny_setup(root, *, n_pairs: int = 44, prompt_words: tuple[int, int] = (1, 25),
+                    response_words: tuple[int, int] = (1, 30), seed: int = 0):
+    """A tiny random Llama in ``root/model`` and ``root/pairs.jsonl`` of random-length pairs."""
+    import json
+    import random
+    from pathlib import Path
+
+    from rm_ds.builtin import build_tiny_llama
+
+    root = Path(root)
+    build_tiny_llama(root / "model", seed=seed)
+    rng = random.Random(seed)
+
+    def words(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+    with open(root / "pairs.jsonl", "w") as f:
+        for i in range(n_pairs):
+            f.write(json.dumps({"id": f"p{i}", "prompt": words(*prompt_words), "chosen": words(*response_words),
+                                "rejected": words(*response_words)}) + "\n")
+    return root

@@ -13,31 +13,15 @@ DeepSpeed's default per-micro-batch-mean weighting.
 
 from __future__ import annotations
 
-import json
-import random
 
 import pytest
 import torch
 
-from tests.harness import run_distributed
-
-WORDS = ("the a dog cat runs quickly under over blue green small large animal plant river stone house "
-         "light dark water fire tree bird fish moves sleeps eats grows").split()
-
+from tests.harness import make_tiny_setup, run_distributed
 
 @pytest.fixture(scope="module")
 def setup_dir(tmp_path_factory):
-    from rm_ds.builtin import build_tiny_llama
-
-    root = tmp_path_factory.mktemp("parity")
-    build_tiny_llama(root / "model", seed=0)
-    rng = random.Random(0)
-    with open(root / "pairs.jsonl", "w") as f:
-        for i in range(44):
-            words = lambda lo, hi: " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))  # noqa: E731
-            f.write(json.dumps({"id": f"p{i}", "prompt": words(1, 25), "chosen": words(1, 30),
-                                "rejected": words(1, 30)}) + "\n")
-    return root
+    return make_tiny_setup(tmp_path_factory.mktemp("parity"), prompt_words=(1, 25), response_words=(1, 30))
 
 
 def overrides(root, *, stage: str, steps: int = 4, extra: tuple = ()) -> list[str]:

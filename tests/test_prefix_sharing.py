@@ -15,7 +15,6 @@ follow the unshared run's loss trajectory within 1e-5.
 
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
@@ -28,7 +27,7 @@ from rm_ds.loss import bt_loss
 from rm_ds.model import reward_head, rewards
 from rm_ds.packing import attention_mask_for, block_mask, collate_layout, pair_lengths, sampler_cost
 from rm_ds.sampler import PairSampler, SamplerConfig
-from tests.harness import run_distributed
+from tests.harness import make_tiny_setup, run_distributed
 
 PAD, EOS, VOCAB = 0, 2, 97
 ONE_ROW = 10**6  # row_tokens above any micro-batch's total: every pair in one row
@@ -289,23 +288,9 @@ def test_sum_cost_sampler_plans(seed):
 
 # --------------------------------------------------------------------------- 2 ranks, ZeRO-2, through DeepSpeed
 
-WORDS = ("the a dog cat runs quickly under over blue green small large animal plant river stone house "
-         "light dark water fire tree bird fish moves sleeps eats grows").split()
-
-
 @pytest.fixture(scope="module")
 def setup_dir(tmp_path_factory):
-    from rm_ds.builtin import build_tiny_llama
-
-    root = tmp_path_factory.mktemp("prefix")
-    build_tiny_llama(root / "model", seed=0)
-    rng = random.Random(0)
-    with open(root / "pairs.jsonl", "w") as f:
-        for i in range(44):
-            words = lambda lo, hi: " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))  # noqa: E731
-            f.write(json.dumps({"id": f"p{i}", "prompt": words(5, 40), "chosen": words(1, 20),
-                                "rejected": words(1, 20)}) + "\n")
-    return root
+    return make_tiny_setup(tmp_path_factory.mktemp("prefix"), prompt_words=(5, 40), response_words=(1, 20))
 
 
 def overrides(root, *, stage: str, name: str, extra: tuple = ()) -> list[str]:
@@ -321,37 +306,24 @@ def overrides(root, *, stage: str, name: str, extra: tuple = ()) -> list[str]:
 
 def layout_train_worker(runs: list[list[str]]) -> list[dict]:
     """One rank, one run per override list (in one process, to spare the start-up): the product's
-    setup, then the loop wired the way rm_ds.train will be (layout lengths, sampler cost,
-    make_collate); finally eval-mode scores of the first pairs through the engine."""
+    ``setup`` + ``train_loop`` (layout lengths, sampler cost and collate come from ``data.*``), then
+    eval-mode scores of the first pairs through the engine with the run's collate."""
     from rm_ds import dist
     from rm_ds.config import load_config
-    from rm_ds.engine import score_batches, train_step
-    from rm_ds.train import rows_at, setup
+    from rm_ds.engine import score_batches
+    from rm_ds.train import rows_at, setup, train_loop
 
     info = dist.current()
     out = []
     for ovr in runs:
-        cfg = load_config(None, ovr)
-        tr = setup(cfg, info)
-        d, t = cfg.data, cfg.train
-        sampler = PairSampler(pair_lengths(tr.data.train, prefix_sharing=d.prefix_sharing, packing=d.packing),
-                              SamplerConfig(global_batch_pairs=t.global_batch_pairs, mode=t.micro_batching,
-                                            token_budget=t.token_budget, length_grouping=t.length_grouping,
-                                            drop_last=t.drop_last, cost=sampler_cost(packing=d.packing)),
-                              world_size=info.world_size, rank=info.rank, seed=t.seed)
-        collate = make_collate(prefix_sharing=d.prefix_sharing, packing=d.packing, pad_id=tr.pad_id, eos_id=tr.eos)
-        losses, micro_steps, ratio = [], [], []
-        for micro_idx in sampler:
-            if len(losses) == tr.total_steps:
-                break
-            batches = [collate(rows_at(tr.data.train, mb)) for mb in micro_idx]
-            stats = train_step(tr.engine, batches, cfg, world_size=info.world_size)
-            losses.append(stats.loss)
-            micro_steps.append(stats.micro_steps)
-            ratio.append(stats.real_tokens / stats.computed_tokens)
+        tr = setup(load_config(None, ovr), info)
+        stats = []
+        train_loop(tr, on_step=lambda step, st: stats.append(st))
         mine = list(range(info.rank, 10, info.world_size))
-        (c, r), = score_batches(tr.engine, [collate(rows_at(tr.data.train, mine))])
-        out.append({"losses": losses, "micro_steps": micro_steps, "ratio": ratio, "scores": (mine, c, r)})
+        (c, r), = score_batches(tr.engine, [tr.collate(rows_at(tr.data.train, mine))])
+        out.append({"losses": [st.loss for st in stats], "micro_steps": [st.micro_steps for st in stats],
+                    "ratio": [st.real_tokens / st.computed_tokens for st in stats],
+                    "reuse": [1 - st.real_tokens / st.unshared_tokens for st in stats], "scores": (mine, c, r)})
     return out
 
 
@@ -378,3 +350,4 @@ def test_two_rank_zero2_prefix_sharing_matches_unshared(setup_dir):
             torch.testing.assert_close(r, r0, rtol=1e-4, atol=1e-5)
     assert any(m > 1 for m in runs["shared"][0]["micro_steps"]), "the shared run should accumulate"
     assert min(runs["shared_packed"][0]["ratio"]) > max(runs["unshared"][0]["ratio"])  # packing cuts the padding
+    assert all(x == 0 for x in runs["unshared"][0]["reuse"]) and all(x > 0.2 for x in runs["shared"][0]["reuse"])
