@@ -17,6 +17,8 @@ command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
 [ -f /usr/share/wordnet/data.noun ] || need+=(wordnet-base)
 { [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] && [ -x /usr/sbin/munged ]; } || need+=(slurm-wlm munge)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+# the web page's real-browser test
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
@@ -34,7 +36,7 @@ pip_q() { python -m pip install -q --disable-pip-version-check "$@"; }
 # torch first, then everything else pinned to that torch (else pip pulls a multi-GB CUDA build).
 python -c "import torch" >/dev/null 2>&1 || pip_q "$TORCH_SPEC"
 python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > "$VENV/torch-constraint.txt"
-if ! python -c "import rm_ds, deepspeed, transformers, peft, datasets, mpi4py, pytest, hypothesis, sklearn" >/dev/null 2>&1 \
+if ! python -c "import rm_ds, deepspeed, transformers, peft, datasets, mpi4py, pytest, hypothesis, sklearn, fastapi, uvicorn, httpx, scipy" >/dev/null 2>&1 \
    || [ setup.py -nt "$VENV/.rm_ds-installed" ]; then
   pip_q -c "$VENV/torch-constraint.txt" -e ".[test]"
   touch "$VENV/.rm_ds-installed"
