@@ -104,11 +104,11 @@ def calibration_record(tr: Run, step: int, metrics: dict[str, float]) -> dict:
 def evaluate_and_log(tr: Run, step: int) -> dict[str, float]:
     """Evaluate, update the best step and early stopping, log; rank 0 writes the artefacts."""
     cfg = tr.cfg
-    scores, metrics = evaluate(run, step)
+    scores, metrics = evaluate(tr, step)
     improved = tr.state.stopper.update(step, metrics)
     metrics["best_step"] = float(tr.state.stopper.best_step)
     tr.logger.log("eval", step, metrics)
-    calibration = calibration_record(run, step, metrics)
+    calibration = calibration_record(tr, step, metrics)
     if tr.info.is_main and cfg.eval.save_scores:
         save_eval_artifacts(tr.logger, step, scores, tr.data.eval, metrics, calibration, beta=cfg.loss.beta,
                             n_bins=cfg.eval.ece_bins)
@@ -194,16 +194,16 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
                             min_delta=cfg.eval.min_delta)
     if cfg.data.prefix_sharing or cfg.data.packing:
         require_last_token_pooling(model.get_base_model() if cfg.lora.enabled else model)
-    run = Run(cfg=cfg, info=info, data=data, engine=engine, logger=logger,
-              collate=make_collate(**layout, pad_id=pad_id, eos_id=eos_id(tokenizer)),
-              loss_fn=make_loss_fn(cfg.loss), state=RunState(sampler=sampler, stopper=stopper),
-              total_steps=int(total_steps), eval_hash=dataset_hash(data.eval) if data.eval is not None else None,
-              trainable_params=trainable, total_params=total)
+    tr = Run(cfg=cfg, info=info, data=data, engine=engine, logger=logger,
+             collate=make_collate(**layout, pad_id=pad_id, eos_id=eos_id(tokenizer)),
+             loss_fn=make_loss_fn(cfg.loss), state=RunState(sampler=sampler, stopper=stopper),
+             total_steps=int(total_steps), eval_hash=dataset_hash(data.eval) if data.eval is not None else None,
+             trainable_params=trainable, total_params=total)
     found = checkpoint.find_resume(cfg.resume, cfg.logging.run_dir) if training else None
     if found is not None:
-        checkpoint.restore(engine, run.state, *found, rank=info.rank, world_size=info.world_size,
+        checkpoint.restore(engine, tr.state, *found, rank=info.rank, world_size=info.world_size,
                            cfg_hash=checkpoint.config_hash(cfg))
-    return run
+    return tr
 
 
 def save_checkpoint(tr: Run) -> None:
