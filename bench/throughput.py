@@ -96,7 +96,8 @@ def prepare(work: Path, *, n_pairs: int, models: list[str], datasets: list[str],
                 build_tiny_llama(folder, seed=0, **MODELS[m])
             paths[m] = str(folder)
     tokenizer = load_tokenizer(paths[models[0]])  # all models share the MiniLM WordPiece tokenizer
-    src = [json.loads(line) for line in open(resolve_data_path("builtin:wordnet/train", builtin_dir=rm_ds_home() / "data"))][: 3 * n_pairs]
+    train_file = resolve_data_path("builtin:wordnet/train", builtin_dir=rm_ds_home() / "data")
+    src = [json.loads(line) for line in open(train_file)][: 3 * n_pairs]
     files = {}
     for name in datasets:
         raw = src if name == "wordnet" else long_prompt_pairs(src, seed=seed)
