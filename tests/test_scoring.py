@@ -270,3 +270,48 @@ def test_multi_objective_columns(runs):
         id2label = {0: "helpful", 1: "harmless"}
 
     assert objective_names(Cfg) == ["helpful", "harmless"]
+
+
+def test_select_active_learning(runs, tmp_path):
+    """rm-ds select: the k pairs the model(s) are least sure of, deduped, in a file rm-ds train reads."""
+    from rm_ds.active import select
+    from rm_ds.cli import main as cli_main
+    from rm_ds.data import load_pairs
+    from rm_ds.scoring import load_scorer
+
+    root, dirs = runs
+    a, b = (str(dirs[k] / "export" / "final") for k in ("llama", "llama-chat"))
+    rows = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines()]
+    pool = tmp_path / "pool.jsonl"
+    dup = dict(rows[0], id="dup", prompt=rows[0]["prompt"] + " !", chosen=rows[0]["rejected"], rejected=rows[0]["chosen"])
+    with open(pool, "w") as f:
+        for r in rows + [dup]:
+            f.write(json.dumps(r) + "\n")
+    prompts = [r["prompt"] for r in rows + [dup]]
+    sa = load_scorer(a)
+    rc, rr = sa.score_pairs(prompts, [r["chosen"] for r in rows + [dup]], [r["rejected"] for r in rows + [dup]])
+    want = np.argsort(np.abs(rc - rr), kind="stable")[:5]
+    got = select([a], str(pool), k=5, by="margin")
+    assert [g["source_id"] for g in got] == [(rows + [dup])[i]["id"] for i in want]
+    assert all(g["p_chosen"] >= 0.5 for g in got)  # the preferred response is written as chosen
+    # the near-identical prompt (same words, one more "!") ties with its original; --dedupe keeps one
+    from rm_ds.active import jaccard, trigrams
+
+    picked = select([a], str(pool), k=len(rows) + 1, by="entropy", dedupe=True)
+    ids = [g["source_id"] for g in picked]
+    assert len(picked) < len(rows) + 1 and not ("dup" in ids and "p0" in ids)
+    grams = [trigrams(g["prompt"]) for g in picked]
+    assert all(jaccard(x, y) < 0.8 for i, x in enumerate(grams) for y in grams[:i])
+    out = tmp_path / "to_label.jsonl"
+    cli_main(["select", "--model", a, "--model", b, "--pool", str(pool), "--k", "4", "--by", "ensemble_std",
+              "--out", str(out)])
+    ds, report = load_pairs(str(out))
+    assert report.n_loaded == 4 and set(ds["pair_id"]) == {json.loads(x)["id"] for x in out.read_text().splitlines()}
+    cand = tmp_path / "candidates.jsonl"
+    cand.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": r["prompt"], "responses": [r["chosen"], r["rejected"],
+                                                                                            "the bird"]})
+                              for i, r in enumerate(rows[:6])) + "\n")
+    picked = select([a], str(cand), k=3, by="margin")
+    assert len(picked) == 3 and len({g["source_id"] for g in picked}) == 3  # at most one pair per prompt
+    with pytest.raises(ValueError, match="ensemble_std needs two or more"):
+        select([a], str(pool), k=2, by="ensemble_std")
