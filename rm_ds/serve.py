@@ -217,10 +217,6 @@ class Batcher:
 # ------------------------------------------------------------------------------------------ the app
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: 413 for a body over ``limit`` bytes (by Content-Length, or counted as it arrives)."""
 
@@ -233,27 +229,30 @@ class BodyLimit:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await self._reject(send)
-        seen, started = 0, False
-
-        async def counted():
-            nonlocal seen
+        if length is not None:
+            return await self.app(scope, receive, send)
+        # no Content-Length (chunked): read the body here, up to the limit, and replay it to the app
+        chunks, seen = [], 0
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge
-            return msg
+            if msg["type"] != "http.request":
+                return
+            chunks.append(msg.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
+                return await self._reject(send)
+            if not msg.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
 
-        async def tracked(msg):
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        try:
-            await self.app(scope, counted, tracked)
-        except _BodyTooLarge:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, replay, send)
 
     async def _reject(self, send):
         resp = JSONResponse({"error": f"request body larger than {self.limit} bytes"}, status_code=413)
@@ -387,6 +386,32 @@ class _Unauthorized(Exception):
     pass
 
 
+def _graceful_server_class():
+    import contextlib
+    import signal
+
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's server, except that a SIGINT/SIGTERM it handled (stop accepting, finish the requests in
+        flight, run the lifespan shutdown) ends the process with exit code 0 instead of being re-raised."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
+    return GracefulServer
+
+
+def _GracefulServer(config):  # noqa: N802 - builds the class lazily so importing rm_ds.serve stays light
+    return _graceful_server_class()(config)
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -408,7 +433,7 @@ def main(models: list[str], opts: ServeOptions, *, step: str | None = None, toke
     app = create_app(scorers, opts)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
                             timeout_graceful_shutdown=opts.graceful_timeout_s)
-    server = uvicorn.Server(config)
+    server = _GracefulServer(config)
     print(f"rm-ds serve: {', '.join(models)} on http://{opts.host}:{opts.port}/ "
           f"(auth {'on' if opts.api_key else 'off'})", flush=True)
     server.run()

@@ -5,7 +5,7 @@
 Four tiny models, each trained for 2 steps by a real one-process `rm-ds train` (which evaluates and
 exports): a random Llama and a random BERT, each with and without a chat template. Their eval
 artefacts (``eval/step_*/reward_distributions.json``) are the trainer's scores. Also: batch-size
-invariance, truncation reporting, and `rm-ds score` sharded over 1 and 3 gloo ranks plus 2 ranks under
+invariance, truncation reporting, and `rm-ds score` sharded over 3 gloo ranks and 2 ranks under
 the real `deepspeed` launcher (every row once, in input order).
 """
 
