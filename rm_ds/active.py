@@ -137,6 +137,5 @@ def main(models: list[str], pool: str, out: str, *, k: int, by: str, dedupe: boo
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in rows)
     print(f"wrote {out_path}", flush=True)

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
 
         print(export_run(args.run_dir, step=args.step, out=args.out, adapter=True if args.adapter else None))
     elif args.command == "score":
-        from rm_ds.score_file import InputError, main as score_main
+        from rm_ds.score_file import InputError
+        from rm_ds.score_file import main as score_main
 
         try:
             score_main(args.model, args.input, args.out, step=args.step, token_budget=args.token_budget,
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         except (InputError, ValueError, FileNotFoundError) as e:
             sys.exit(f"rm-ds score: {e}")
     elif args.command == "serve":
-        from rm_ds.serve import ServeOptions, main as serve_main
+        from rm_ds.serve import ServeOptions
+        from rm_ds.serve import main as serve_main
 
         try:
             serve_main(args.model, ServeOptions(host=args.host, port=args.port, api_key=args.api_key,

@@ -35,7 +35,15 @@ import numpy as np
 import torch
 
 from rm_ds import dist
-from rm_ds.scoring import TRUNCATED, Encoded, Scorer, check_ensemble, load_scorer, pair_columns, response_columns
+from rm_ds.scoring import (
+    TRUNCATED,
+    Encoded,
+    Scorer,
+    check_ensemble,
+    load_scorer,
+    pair_columns,
+    response_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +218,7 @@ def write_rows(rows: list[dict], out: str | Path) -> None:
         pq.write_table(pa.Table.from_pylist(rows), tmp)
     else:
         with open(tmp, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+            f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(tmp, out)
 
 

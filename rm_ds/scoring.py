@@ -133,11 +133,11 @@ class Scorer:
             seqs = [e.prompt_ids + e.chosen_ids for e in items]
             b = math.ceil(len(seqs) / 2)
             second = seqs[b:] + seqs[len(seqs) - 1:] * (2 * b - len(seqs))  # an odd count repeats its last
-            rows = [dict(prompt_ids=[], chosen_ids=x, rejected_ids=y) for x, y in zip(seqs[:b], second)]
+            rows = [{"prompt_ids": [], "chosen_ids": x, "rejected_ids": y} for x, y in zip(seqs[:b], second)]
             c, r = rewards(self.model, collate_pairs(rows, pad_id=self.recipe.pad_token_id, eos_id=self._eos))
             out = torch.cat([c, r]).reshape(2 * b, -1)[: len(seqs)]
             return out.double().numpy()
-        rows = [dict(prompt_ids=e.prompt_ids, chosen_ids=e.chosen_ids, rejected_ids=e.rejected_ids) for e in items]
+        rows = [{"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids} for e in items]
         c, r = rewards(self.model, self._pair_collate(rows))
         k = self.n_objectives
         return torch.stack([c.reshape(-1, k), r.reshape(-1, k)], dim=1).double().numpy()

@@ -37,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -45,7 +45,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
 
-from rm_ds.scoring import TRUNCATED, Scorer, check_ensemble, load_scorer, pair_columns, response_columns
+from rm_ds.scoring import (
+    TRUNCATED,
+    Scorer,
+    check_ensemble,
+    load_scorer,
+    pair_columns,
+    response_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +93,18 @@ class Message(BaseModel):
     content: str
 
 
-Content = Union[str, list[Message]]
+Content = str | list[Message]
 UNION_TAGS = {"str", "constrained-str", "list[Message]"}
 """Union branch names pydantic adds to an error's location; dropped so the location names the field."""
 
 
 class ResponseItem(BaseModel):
-    prompt: Union[str, list[Message]] = ""
+    prompt: str | list[Message] = ""
     response: Content
 
 
 class PairItem(BaseModel):
-    prompt: Union[str, list[Message]] = ""
+    prompt: str | list[Message] = ""
     a: Content
     b: Content
 
@@ -173,7 +180,7 @@ class Batcher:
                 left = deadline - loop.time()
                 try:
                     job = self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left)
-                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                except (TimeoutError, asyncio.QueueEmpty):
                     break
                 jobs.append(job)
                 n += len(job.prompts)
@@ -408,7 +415,7 @@ def _graceful_server_class():
     return GracefulServer
 
 
-def _GracefulServer(config):  # noqa: N802 - builds the class lazily so importing rm_ds.serve stays light
+def _GracefulServer(config):
     return _graceful_server_class()(config)
 
 
