@@ -29,10 +29,12 @@ finishes the requests in flight (the worker keeps running until they are answere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
 import math
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -288,12 +291,10 @@ def _result_rows(kind: str, scorers: list[Scorer], statuses: list[str], per_mode
 
 def create_app(scorers: list[Scorer], opts: ServeOptions) -> FastAPI:
     """The FastAPI app for ``scorers`` (one model, or an ensemble)."""
-    from contextlib import asynccontextmanager
-
     check_ensemble(scorers)
     batcher = Batcher(scorers, max_wait_s=opts.max_batch_wait_ms / 1000.0, max_queue=opts.max_queue)
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(_app):
         batcher.start()
         yield
@@ -393,30 +394,18 @@ class _Unauthorized(Exception):
     pass
 
 
-def _graceful_server_class():
-    import contextlib
-    import signal
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a SIGINT/SIGTERM it handled (stop accepting, finish the requests in
+    flight, run the lifespan shutdown) ends the process with exit code 0 instead of being re-raised."""
 
-    import uvicorn
-
-    class GracefulServer(uvicorn.Server):
-        """uvicorn's server, except that a SIGINT/SIGTERM it handled (stop accepting, finish the requests in
-        flight, run the lifespan shutdown) ends the process with exit code 0 instead of being re-raised."""
-
-        @contextlib.contextmanager
-        def capture_signals(self):
-            old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for s, h in old.items():
-                    signal.signal(s, h)
-
-    return GracefulServer
-
-
-def _GracefulServer(config):
-    return _graceful_server_class()(config)
+    @contextlib.contextmanager
+    def capture_signals(self):
+        old = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 def is_loopback(host: str) -> bool:
@@ -430,8 +419,6 @@ def is_loopback(host: str) -> bool:
 
 def main(models: list[str], opts: ServeOptions, *, step: str | None = None, token_budget: int | None = None,
          allow_pad_eq_eos: bool = False) -> None:
-    import uvicorn
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not is_loopback(opts.host) and not opts.api_key:
         raise ValueError(f"--host {opts.host}: binding an interface other than loopback needs --api-key "
@@ -440,7 +427,7 @@ def main(models: list[str], opts: ServeOptions, *, step: str | None = None, toke
     app = create_app(scorers, opts)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
                             timeout_graceful_shutdown=opts.graceful_timeout_s)
-    server = _GracefulServer(config)
+    server = GracefulServer(config)
     print(f"rm-ds serve: {', '.join(models)} on http://{opts.host}:{opts.port}/ "
           f"(auth {'on' if opts.api_key else 'off'})", flush=True)
     server.run()

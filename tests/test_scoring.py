@@ -138,6 +138,10 @@ def test_recipe_round_trip(runs, combo, tmp_path):
     statuses = [e.status for e in scorer.encode_pairs(prompts, chosen, rejected)]
     assert statuses.count("prompt_truncated") == math.ceil(N_PAIRS / 7)
 
+    if combo == "llama":  # a run directory resolves to its export
+        np.testing.assert_allclose(load_scorer(str(dirs[combo]), step="final").score_pairs(prompts, chosen, rejected)[0],
+                                   wc, atol=1e-5)
+
     # batch-size invariance: one by one = all together, responses and pairs
     one = np.array([scorer.score_responses([p], [x])[0] for p, x in zip(prompts, chosen)])
     np.testing.assert_allclose(scorer.score_responses(prompts, chosen), one, atol=1e-5)
