@@ -234,3 +234,29 @@ def test_bad_requests_422_413_401(model):
         assert r["results"][0]["status"] == "prompt_truncated" and r["results"][0]["truncated"] is True
     with pytest.raises(ValueError, match="needs --api-key"):
         serve_main([str(model)], ServeOptions(host="0.0.0.0"))
+
+
+def test_ensemble_server(model, tmp_path):
+    """Two models: per-model rewards, their mean and std, mean probability and the share that disagree."""
+    from fastapi.testclient import TestClient
+
+    from rm_ds.builtin import build_tiny_llama
+    from rm_ds.scoring import load_scorer
+    from rm_ds.serve import ServeOptions, create_app
+
+    scorers = [load_scorer(str(model)), load_scorer(str(build_tiny_llama(tmp_path / "other", seed=9)))]
+    prompts, a, b = texts(6, 7), texts(6, 8), texts(6, 9)
+    with TestClient(create_app(scorers, ServeOptions())) as c:
+        res = c.post("/v1/compare", json={"pairs": [{"prompt": p, "a": x, "b": y} for p, x, y in zip(prompts, a, b)]})
+        got = res.json()["results"]
+        info = c.get("/v1/info").json()
+    assert info["ensemble"] is True and len(info["models"]) == 2
+    ra = [s.score_pairs(prompts, a, b) for s in scorers]
+    for i, g in enumerate(got):
+        m = [ra[k][0][i] - ra[k][1][i] for k in range(2)]
+        assert g["reward_a@m0"] == pytest.approx(ra[0][0][i], abs=1e-5)
+        assert g["reward_b@m1"] == pytest.approx(ra[1][1][i], abs=1e-5)
+        assert g["reward_a"] == pytest.approx((ra[0][0][i] + ra[1][0][i]) / 2, abs=1e-5)
+        assert g["margin_std"] == pytest.approx(abs(m[0] - m[1]) / 2, abs=1e-5)
+        assert g["p_a"] == pytest.approx(np.mean([1 / (1 + np.exp(-x)) for x in m]), abs=1e-5)
+        assert g["disagreement"] == (0.5 if np.sign(m[0]) != np.sign(m[1]) else 0.0)
