@@ -26,14 +26,7 @@ from transformers import AutoModelForSequenceClassification
 from rm_ds.checkpoint import COMPLETE, checkpoint_root, complete_tags
 from rm_ds.config import Config, load_config
 from rm_ds.engine import consolidated_state_dict
-from rm_ds.model import (
-    apply_lora,
-    head_name,
-    load_model_config,
-    load_tokenizer,
-    pools_last_token,
-    resolve_pad_token,
-)
+from rm_ds.model import apply_lora, head_name, load_model_config, load_tokenizer, pools_last_token, resolve_pad_token
 from rm_ds.recipe import write_recipe
 
 log = logging.getLogger(__name__)
