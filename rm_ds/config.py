@@ -160,6 +160,16 @@ class TrainConfig:
     """At the end, export the final and the best step as Hugging Face folders under run_dir/export/."""
 
 
+LABEL_SMOOTHING_MAX = 0.5
+"""Label smoothing is a flip probability below 1/2 (at 1/2 a label says nothing; above it, the opposite)."""
+
+
+def check_label_smoothing(value: float, *, key: str = "loss.label_smoothing") -> None:
+    """The one bounds rule for label smoothing, shared by the config, ``rm_ds.loss`` and ``rm_ds.metrics``."""
+    if not 0.0 <= value < LABEL_SMOOTHING_MAX:
+        raise ConfigError(f"{key}: must be in [0, {LABEL_SMOOTHING_MAX}), got {value}")
+
+
 @dataclass
 class LossConfig:
     beta: float = 1.0
@@ -258,7 +268,7 @@ def validate(cfg: Config) -> None:
     _check(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
     _check(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
     _check(cfg.loss.beta > 0, "loss.beta", "must be > 0")
-    _check(0 <= cfg.loss.label_smoothing < 0.5, "loss.label_smoothing", "must be in [0, 0.5)")
+    check_label_smoothing(cfg.loss.label_smoothing)
     _check(cfg.loss.reward_l2 >= 0, "loss.reward_l2", "must be >= 0")
     _check(cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout", "must be in [0, 1) or null")
     _check(cfg.eval.every_steps >= 0, "eval.every_steps", "must be >= 0")

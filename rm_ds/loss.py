@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from rm_ds.config import LossConfig
+from rm_ds.config import LossConfig, check_label_smoothing
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
 """``loss_fn(chosen, rejected, batch) -> per-pair loss (B,)``; per-pair inputs come from the collated batch."""
@@ -39,6 +39,7 @@ def bt_loss(
     """
     if chosen.shape != rejected.shape or chosen.dim() != 1:
         raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} must be equal 1-D shapes")
+    check_label_smoothing(label_smoothing, key="label_smoothing")
     z = beta * (chosen - rejected) - margin
     nll = F.softplus(-z)
     if label_smoothing:

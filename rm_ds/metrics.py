@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rm_ds.config import check_label_smoothing
+
 __all__ = [
     "TEMPERATURE_MIN",
     "TEMPERATURE_MAX",
@@ -158,8 +160,7 @@ def bt_loss_per_pair(
     """
     c, r = _as_pair_arrays(chosen, rejected)
     n = c.size
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    check_label_smoothing(label_smoothing, key="label_smoothing")
     m = _per_pair(margin, n, "margin")
     w = _per_pair(weight, n, "weight")
     z = beta * (c - r) - m

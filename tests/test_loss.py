@@ -47,3 +47,42 @@ def test_stable_for_large_margins_and_gradient_sign():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="equal 1-D shapes"):
         bt_loss(torch.zeros(2), torch.zeros(3))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_torch_loss_and_numpy_metric_agree_on_random_inputs(seed):
+    """``loss.bt_loss`` (training, torch) and ``metrics.bt_loss_per_pair`` (eval, numpy) are two
+    implementations of one formula: the same per-pair values for random rewards, margins, weights,
+    smoothing, beta and L2, large rewards included."""
+    import numpy as np
+
+    from rm_ds.metrics import bt_loss_per_pair
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    c, r = rng.normal(0, 1 + 20 * seed, n), rng.normal(0, 3, n)
+    kw = dict(beta=float(rng.uniform(0.1, 3)), label_smoothing=float(rng.uniform(0, 0.49)) if seed else 0.0,
+              reward_l2=float(rng.uniform(0, 0.5)))
+    margin, weight = rng.uniform(-1, 2, n), rng.uniform(0, 3, n)
+    want = bt_loss_per_pair(c, r, margin=margin, weight=weight, **kw)
+    got = bt_loss(torch.from_numpy(c), torch.from_numpy(r), margin=torch.from_numpy(margin),
+                  weight=torch.from_numpy(weight), **kw)
+    # float64 both; torch's softplus returns x itself above x = 20 (off by log1p(e^-20) ~ 2e-9)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-8)
+
+
+@pytest.mark.parametrize("eps", [-0.1, 0.5, 0.7])
+def test_one_label_smoothing_rule_in_config_loss_and_metrics(eps):
+    """Config, torch loss and numpy metric refuse the same out-of-range label smoothing."""
+    import numpy as np
+
+    from rm_ds.config import ConfigError, load_config
+    from rm_ds.metrics import bt_loss_per_pair
+
+    with pytest.raises(ConfigError, match="loss.label_smoothing: must be in"):
+        load_config(None, [f"loss.label_smoothing={eps}"])
+    with pytest.raises(ValueError, match=r"label_smoothing: must be in \[0, 0.5\)"):
+        bt_loss(torch.zeros(2), torch.zeros(2), label_smoothing=eps)
+    with pytest.raises(ValueError, match=r"label_smoothing: must be in \[0, 0.5\)"):
+        bt_loss_per_pair(np.zeros(2), np.zeros(2), label_smoothing=eps)
+    assert bt_loss(torch.zeros(1), torch.zeros(1), label_smoothing=0.49).item() == pytest.approx(math.log(2))
