@@ -1,5 +1,8 @@
 """The on-disk layout of rm_ds checkpoints, and reading them without an engine or ranks.
 
+One step-folder name for checkpoints and eval artefacts alike (``tag_for``): ``checkpoints/step_00000040``
+and ``eval/step_00000040``. Eval folders of older runs, named with 6 digits, are still found.
+
 ``rm_ds.checkpoint`` writes and restores checkpoints through the DeepSpeed engine; this module only
 names and reads them, so export and scoring need no engine (deepspeed's ``zero_to_fp32`` is imported
 inside ``consolidated_state_dict``, only when a ZeRO-sharded checkpoint is consolidated).
@@ -20,7 +23,21 @@ LATEST = "latest"
 
 
 def tag_for(step: int) -> str:
+    """The folder name of a step: ``step_00000040``."""
     return f"step_{step:08d}"
+
+
+def eval_subdir(step: int) -> str:
+    """Where a run directory keeps the eval artefacts of ``step``: ``eval/step_00000040``."""
+    return f"eval/{tag_for(step)}"
+
+
+def find_eval_dir(run_dir: str | Path, step: int) -> Path | None:
+    """The eval folder of ``step`` in ``run_dir`` (or its older 6-digit name ``eval/step_000040``), or None."""
+    for d in (Path(run_dir) / eval_subdir(step), Path(run_dir) / "eval" / f"step_{step:06d}"):
+        if d.is_dir():
+            return d
+    return None
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:

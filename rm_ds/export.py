@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rm_ds.checkpoint_files import checkpoint_root, complete_tags, consolidated_state_dict, read_state
+from rm_ds.checkpoint_files import (checkpoint_root, complete_tags, consolidated_state_dict, find_eval_dir, read_state,
+                                    tag_for)
 from rm_ds.config import Config, load_config
-from rm_ds.model import apply_lora, head_name, load_model_config, load_tokenizer, pools_last_token, resolve_pad_token
+from rm_ds.model import apply_lora, head_name, load_model_config, load_tokenizer, pad_token_for
 from rm_ds.recipe import write_recipe
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def resolve_step(run_dir: Path, step: str) -> str:
         best = run_dir / "best.json"
         if not best.exists():
             raise FileNotFoundError(f"{best}: no best step recorded (was evaluation enabled?)")
-        tag = f"step_{json.loads(best.read_text())['step']:08d}"
+        tag = tag_for(json.loads(best.read_text())["step"])
     else:
         tag = step
     if tag not in tags:
@@ -52,14 +53,14 @@ def resolve_step(run_dir: Path, step: str) -> str:
 
 
 def calibration_for(run_dir: Path, step: int) -> dict | None:
-    p = run_dir / "eval" / f"step_{step:06d}" / "calibration.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    d = find_eval_dir(run_dir, step)
+    p = d / "calibration.json" if d is not None else None
+    return json.loads(p.read_text()) if p is not None and p.exists() else None
 
 
 def build_cpu_model(cfg: Config, state_dict: dict[str, torch.Tensor], tokenizer):
     """The trained model on CPU (PEFT-wrapped when LoRA was used), weights loaded strictly."""
-    probe = load_model_config(cfg.model, pad_token_id=0)
-    pad = resolve_pad_token(tokenizer, cfg.model, last_token_pooling=pools_last_token(probe))
+    pad = pad_token_for(tokenizer, cfg.model)
     mc = load_model_config(cfg.model, pad_token_id=pad)
     model = AutoModelForSequenceClassification.from_config(mc, dtype=torch.float32)
     if cfg.lora.enabled:

@@ -63,6 +63,17 @@ def resolve_pad_token(tokenizer, cfg: ModelConfig, *, last_token_pooling: bool) 
     return pad
 
 
+def config_pools_last_token(cfg: ModelConfig) -> bool:
+    """``pools_last_token`` of the configured backbone, read from its config (no weights loaded)."""
+    return pools_last_token(load_model_config(cfg, pad_token_id=0))
+
+
+def pad_token_for(tokenizer, cfg: ModelConfig) -> int:
+    """The pad id for the configured model's tokenizer: ``resolve_pad_token`` with the backbone's
+    pooling probed from its config (the tokenizer's pad token is set)."""
+    return resolve_pad_token(tokenizer, cfg, last_token_pooling=config_pools_last_token(cfg))
+
+
 def load_model_config(cfg: ModelConfig, *, pad_token_id: int):
     path = resolve_model(cfg.name_or_path)
     mc = AutoConfig.from_pretrained(path, num_labels=1)

@@ -129,13 +129,12 @@ def build_recipe(tokenizer, *, max_length: int, chat_template: bool, response_se
 
 def recipe_for_config(cfg, tokenizer) -> InputRecipe:
     """The recipe of a training config (``rm_ds.config.Config``) and its tokenizer (pad resolved)."""
-    from rm_ds.model import load_model_config, pools_last_token
+    from rm_ds.model import config_pools_last_token
 
     d = cfg.data
-    probe = load_model_config(cfg.model, pad_token_id=0)
     return build_recipe(tokenizer, max_length=d.max_length, chat_template=d.chat_template,
                         response_separator=d.response_separator, overlong=d.overlong,
-                        last_token_pooling=pools_last_token(probe),
+                        last_token_pooling=config_pools_last_token(cfg.model),
                         attn_implementation=cfg.model.attn_implementation)
 
 

@@ -25,6 +25,7 @@ import torch
 
 from rm_ds import checkpoint, dist
 from rm_ds.builtin import rm_ds_home
+from rm_ds.checkpoint_files import eval_subdir
 from rm_ds.collate import make_collate
 from rm_ds.config import Config, build_ds_config, save_config
 from rm_ds.dataset import PreparedData, build_sampler, cache_dir_for, dataset_hash, prepare_data, rows_at
@@ -33,8 +34,8 @@ from rm_ds.eval_metrics import EvalScores, compute_metrics
 from rm_ds.evaluate import gather_scores
 from rm_ds.loss import LossFn, make_loss_fn
 from rm_ds.metrics import both_orientations, fit_temperature
-from rm_ds.model import (build_reward_model, head_name, load_model_config, load_tokenizer, param_counts,
-                          pools_last_token, require_last_token_pooling, resolve_pad_token)
+from rm_ds.model import (build_reward_model, head_name, load_tokenizer, pad_token_for, param_counts,
+                          require_last_token_pooling)
 from rm_ds.run_state import RunState
 from rm_ds.selection import EarlyStopping
 from rm_ds.tokenize import eos_id
@@ -121,11 +122,11 @@ def evaluate_and_log(tr: Run, step: int) -> dict[str, float]:
 
 def save_eval_artifacts(logger: RunLogger, step: int, scores, ds, metrics: dict, calibration: dict, *,
                         beta: float, n_bins: int) -> None:
-    """Per-eval files under ``run_dir/eval/step_NNNNNN/`` and the same plots as TensorBoard images."""
+    """Per-eval files under ``run_dir/eval/step_NNNNNNNN/`` and the same plots as TensorBoard images."""
     from rm_ds.metrics import reliability_bins
     from rm_ds.plots import reliability_diagram_png, reward_histogram_png
 
-    sub = f"eval/step_{step:06d}"
+    sub = eval_subdir(step)
     ids = list(ds["pair_id"])
     sources = list(ds["source"]) if "source" in ds.column_names else [""] * len(ids)
     logger.write_json(f"{sub}/reward_distributions.json", {
@@ -159,8 +160,7 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
         save_config(cfg, run_dir / "config.yaml")
 
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    probe = load_model_config(cfg.model, pad_token_id=0)
-    pad_id = resolve_pad_token(tokenizer, cfg.model, last_token_pooling=pools_last_token(probe))
+    pad_id = pad_token_for(tokenizer, cfg.model)
     home = rm_ds_home()
     with dist.main_rank_first(info):  # rank 0 of each node fills the tokenised cache; the others read it
         data = prepare_data(cfg.data, tokenizer, cache_dir=cache_dir_for(cfg.data, home=home),
@@ -303,11 +303,17 @@ def train_loop(tr: Run, *, on_step=None) -> dict[str, float]:
             "total_params": tr.total_params}
 
 
-def run(cfg: Config) -> dict[str, float]:
-    """Train, evaluate at the end (unless the last step was just evaluated), print the summary."""
+def start() -> dist.DistInfo:
+    """Join the ranks and log INFO on rank 0 (WARNING on the others), each line tagged with its rank."""
     info = dist.init()
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
+    return info
+
+
+def run(cfg: Config) -> dict[str, float]:
+    """Train, evaluate at the end (unless the last step was just evaluated), print the summary."""
+    info = start()
     tr = setup(cfg, info)
     st = tr.state
     summary = train_loop(tr)
@@ -338,9 +344,7 @@ def run(cfg: Config) -> dict[str, float]:
 
 def run_eval(cfg: Config) -> dict[str, float]:
     """``rm-ds eval``: score ``data.eval_path`` with ``model.name_or_path`` on any number of ranks."""
-    info = dist.init()
-    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
-                        format=f"[rank{info.rank}] %(message)s")
+    info = start()
     if not cfg.data.eval_path:
         raise ValueError("data.eval_path: rm-ds eval needs an eval dataset")
     tr = setup(cfg, info, training=False)

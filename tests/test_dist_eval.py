@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from rm_ds.checkpoint_files import eval_subdir
 from tests.harness import ENV, free_port, run_distributed
 
 WORDS = "alpha beta gamma delta river stone light dark small large runs sleeps over under bird".split()
@@ -133,7 +134,7 @@ def test_rm_ds_eval_command_on_two_ranks(eval_dir, tmp_path):
     assert res["world_size"] == 2 and res["metrics"]["n_pairs"] == 11
     _, _, want = reference(overrides(eval_dir, "zero3"), str(eval_dir / "eval11.jsonl"))
     assert res["metrics"]["auc"] == pytest.approx(want["auc"], abs=1e-6)
-    step_dir = run_dir / "eval" / "step_000000"
+    step_dir = run_dir / eval_subdir(0)
     dist = json.loads((step_dir / "reward_distributions.json").read_text())
     assert sorted(dist["pair_id"]) == sorted(f"e11-{i}" for i in range(11))
     cal = json.loads((step_dir / "calibration.json").read_text())

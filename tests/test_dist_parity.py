@@ -60,7 +60,7 @@ def reference_run(ovr: list[str], plan, *, naive: bool = False):
     from rm_ds.config import load_config
     from rm_ds.engine import transformers as _tf  # same transformers the engine uses
     from rm_ds.loss import bt_loss
-    from rm_ds.model import build_reward_model, load_model_config, load_tokenizer, pools_last_token, resolve_pad_token
+    from rm_ds.model import build_reward_model, load_tokenizer, pad_token_for
     from rm_ds.tokenize import eos_id
     from rm_ds.dataset import rows_at
     from tests.harness import load_split
@@ -68,7 +68,7 @@ def reference_run(ovr: list[str], plan, *, naive: bool = False):
     cfg = load_config(None, ovr)
     torch.manual_seed(cfg.train.seed)
     tok = load_tokenizer(cfg.model.name_or_path)
-    pad = resolve_pad_token(tok, cfg.model, last_token_pooling=pools_last_token(load_model_config(cfg.model, pad_token_id=0)))
+    pad = pad_token_for(tok, cfg.model)
     ds, _ = load_split(cfg, tok, cfg.data.train_path, split="train", max_pairs=None)
     model = build_reward_model(cfg.model, pad_token_id=pad)
     t = cfg.train

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rm_ds.checkpoint_files import eval_subdir
 from tests.harness import ENV, free_port
 
 BASE = ["--config", "tiny", "train.max_steps=6", "train.lr=5e-3", "eval.every_steps=3", "logging.progress=false",
@@ -90,7 +91,7 @@ def score_in_fresh_process(folder: Path, pairs: Path, adapter_base: str | None =
 
 
 def assert_export_reproduces_final_eval(run_dir: Path, folder: Path, tmp: Path, adapter_base: str | None = None):
-    dist = json.loads((run_dir / "eval" / "step_000006" / "reward_distributions.json").read_text())
+    dist = json.loads((run_dir / eval_subdir(6) / "reward_distributions.json").read_text())
     scores = score_in_fresh_process(folder, eval_pairs_file(run_dir, tmp), adapter_base)
     assert len(scores) == len(dist["pair_id"]) == 41
     for pid, c, r in zip(dist["pair_id"], dist["chosen"], dist["rejected"]):
@@ -135,7 +136,7 @@ def test_full_finetune_zero3_export_carries_calibration(tmp_path):
     assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
     assert_export_reproduces_final_eval(run_dir, folder, tmp_path)
     cal = AutoConfig.from_pretrained(folder).rm_ds_calibration
-    saved = json.loads((run_dir / "eval" / "step_000006" / "calibration.json").read_text())
+    saved = json.loads((run_dir / eval_subdir(6) / "calibration.json").read_text())
     assert cal["temperature"] == pytest.approx(saved["temperature"]) and cal["temperature"] > 0
     assert cal["reward_std"] == pytest.approx(saved["reward_std"]) and "reward_mean" in cal
     assert cal["eval_pairs"] == 41 and len(cal["eval_set_sha256"]) == 64 and cal["step"] == 6
@@ -184,3 +185,20 @@ def test_sigkill_and_resume_is_exact(tmp_path):
                            "resume=auto", "train.max_steps=8"], env={**os.environ, **ENV}, capture_output=True,
                           text=True, timeout=180)
     assert proc.returncode != 0 and "written by 2 ranks and this run has 1" in proc.stderr
+
+
+def test_checkpoints_and_eval_folders_share_one_step_name(tmp_path):
+    """One naming for step folders (8 digits); an older run's 6-digit eval folder is still found by export."""
+    from rm_ds.checkpoint_files import find_eval_dir, tag_for
+    from rm_ds.export import calibration_for
+
+    assert tag_for(40) == "step_00000040" and eval_subdir(40) == "eval/step_00000040"
+    assert find_eval_dir(tmp_path, 40) is None and calibration_for(tmp_path, 40) is None
+    old = tmp_path / "eval" / "step_000040"
+    old.mkdir(parents=True)
+    (old / "calibration.json").write_text(json.dumps({"temperature": 1.5}))
+    assert find_eval_dir(tmp_path, 40) == old and calibration_for(tmp_path, 40) == {"temperature": 1.5}
+    new = tmp_path / eval_subdir(40)
+    new.mkdir(parents=True)
+    (new / "calibration.json").write_text(json.dumps({"temperature": 2.0}))
+    assert calibration_for(tmp_path, 40) == {"temperature": 2.0}
