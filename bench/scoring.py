@@ -110,7 +110,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of naive and rm-ds score (medians)")
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from rm_ds.runtime_env import DEFAULTS  # launch/env.sh's defaults (offline hub), unless set
+
+    for k, v in DEFAULTS.items():
+        os.environ.setdefault(k, v)
     import numpy as np
     import torch
 

@@ -83,8 +83,8 @@ def prepare(work: Path, *, n_pairs: int, models: list[str], datasets: list[str],
     from rm_ds.builtin import build_tiny_llama, resolve_model, rm_ds_home
     from rm_ds.data import load_pairs
     from rm_ds.model import load_tokenizer
-    from rm_ds.tokenize import TokenizeOptions, tokenize_pairs
     from rm_ds.dataset import resolve_data_path
+    from rm_ds.tokenize import TokenizeOptions, tokenize_pairs
 
     paths = {}
     for m in models:
@@ -144,12 +144,11 @@ def run_rm_ds(spec: dict) -> dict:
     from rm_ds import dist
     from rm_ds.collate import make_collate
     from rm_ds.config import build_ds_config, load_config
+    from rm_ds.dataset import build_sampler
     from rm_ds.engine import build_engine, train_step
     from rm_ds.loss import make_loss_fn
     from rm_ds.model import build_reward_model, load_tokenizer, resolve_pad_token
-    from rm_ds.packing import pair_lengths, sampler_cost
-    from rm_ds.sampler import PairSampler, SamplerConfig
-    from rm_ds.tokenize import eos_id
+    from rm_ds.tokenize import eos_id, token_columns
 
     v, cap = spec["variant"], spec["max_length"]
     rows = json.loads(Path(spec["data"]).read_text())
@@ -165,17 +164,8 @@ def run_rm_ds(spec: dict) -> dict:
         "deepspeed.config=zero0", f"train.seed={spec['seed']}"])
     tok = load_tokenizer(cfg.model.name_or_path)
     pad = resolve_pad_token(tok, cfg.model, last_token_pooling=True)
-    cols = {k: [r[k] for r in rows] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
-    cols["chosen_len"] = [len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in rows]
-    cols["rejected_len"] = [len(r["prompt_ids"]) + len(r["rejected_ids"]) for r in rows]
-    cols["pair_len"] = [max(a, b) for a, b in zip(cols["chosen_len"], cols["rejected_len"])]
     t = cfg.train
-    sampler = PairSampler(pair_lengths(cols, prefix_sharing=shared, packing=packing), SamplerConfig(
-        global_batch_pairs=t.global_batch_pairs, mode=t.micro_batching,
-        token_budget=t.token_budget if t.micro_batching == "token_budget" else None,
-        pairs_per_micro=t.pairs_per_micro if t.micro_batching == "fixed" else None,
-        length_grouping=t.length_grouping, cost=sampler_cost(packing=packing)),
-        world_size=1, rank=0, seed=t.seed)
+    sampler = build_sampler(token_columns(rows), t, prefix_sharing=shared, packing=packing, world_size=1, rank=0)
     collate = make_collate(prefix_sharing=shared, packing=packing, pad_id=pad, eos_id=eos_id(tok),
                            row_tokens=spec.get("row_tokens") if packing else None)
     timed, warm = sampler.plan_epoch(0), sampler.plan_epoch(1)[: spec["warmup"]]
@@ -404,10 +394,10 @@ def main(argv: list[str] | None = None) -> None:
               "x TRL columns empty", flush=True)
         variants.remove("e")
     models, datasets = args.models.split(","), args.datasets.split(",")
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "DS_ACCELERATOR": "cpu", "TORCHDYNAMO_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "ACCELERATE_USE_CPU": "true",
-           "PYTHONPATH": str(REPO)}
+    from rm_ds.runtime_env import RUNTIME  # launch/env.sh's CPU environment, then this benchmark's thread count
+
+    env = {**os.environ, **RUNTIME, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "TRANSFORMERS_OFFLINE": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(k, None)
     with tempfile.TemporaryDirectory(prefix="rm_ds_bench_") as tmp:

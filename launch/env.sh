@@ -3,10 +3,11 @@
 #   . launch/env.sh
 # shellcheck disable=SC1091
 . "${RM_DS_VENV:-.venv}/bin/activate"
-export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TORCHDYNAMO_DISABLE=${TORCHDYNAMO_DISABLE:-1}
-export TOKENIZERS_PARALLELISM=false HF_DATASETS_DISABLE_PROGRESS_BARS=1
-if ! command -v nvidia-smi >/dev/null 2>&1; then
-  export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
-  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one thread per rank: oversubscription is several times slower
-fi
+# The variables and their values are listed once, in rm_ds/runtime_env.py (Python reads the same list):
+# HF_HUB_OFFLINE, TORCHDYNAMO_DISABLE (unless set), TOKENIZERS_PARALLELISM, HF_DATASETS_DISABLE_PROGRESS_BARS
+# and, without nvidia-smi, DS_ACCELERATOR=cpu and OMP_NUM_THREADS=1 (unless set); plus RM_DS_SETTINGS and
+# RM_DS_FORWARD, the names the multi-host scripts hand the other hosts. Fed on stdin: rm_ds/ stays off sys.path.
+rm_ds_env=$(python - --shell < "$(dirname "${BASH_SOURCE[0]}")/../rm_ds/runtime_env.py") || return 1
+eval "$rm_ds_env"
+unset rm_ds_env
 free_port() { python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

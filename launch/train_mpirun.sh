@@ -26,9 +26,7 @@ if [ -n "$hostfile" ]; then
 fi
 NP=${NP:-2}
 # mpirun forwards only what -x names to remote ranks
-for v in PATH VIRTUAL_ENV PYTHONPATH RM_DS_HOME HF_HOME HF_HUB_OFFLINE TORCHDYNAMO_DISABLE TOKENIZERS_PARALLELISM \
-         HF_DATASETS_DISABLE_PROGRESS_BARS DS_ACCELERATOR OMP_NUM_THREADS MASTER_ADDR MASTER_PORT GLOO_SOCKET_IFNAME \
-         NCCL_SOCKET_IFNAME; do
+for v in $RM_DS_FORWARD; do  # the list of launch/env.sh (rm_ds/runtime_env.py FORWARD)
   if [ -n "${!v:-}" ]; then mpi_args+=(-x "$v"); fi
 done
 exec mpirun "${mpi_args[@]}" -np "$NP" "$(command -v python)" -m rm_ds.cli train --mpi "$@"

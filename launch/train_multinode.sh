@@ -27,8 +27,7 @@ export MASTER_ADDR MASTER_PORT
 # KEY=VALUE lines of the file DS_ENV_FILE names: hand it the run-time environment of launch/env.sh.
 envfile=$(mktemp "${TMPDIR:-/tmp}/rm_ds_env.XXXXXX")
 trap 'rm -f "$envfile"' EXIT
-for v in DS_ACCELERATOR OMP_NUM_THREADS HF_HUB_OFFLINE TORCHDYNAMO_DISABLE TOKENIZERS_PARALLELISM \
-         HF_DATASETS_DISABLE_PROGRESS_BARS RM_DS_HOME HF_HOME GLOO_SOCKET_IFNAME NCCL_SOCKET_IFNAME MASTER_ADDR MASTER_PORT; do
+for v in $RM_DS_SETTINGS; do  # the list of launch/env.sh (rm_ds/runtime_env.py SETTINGS)
   if [ -n "${!v:-}" ]; then echo "$v=${!v}"; fi
 done > "$envfile"
 

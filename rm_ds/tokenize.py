@@ -147,6 +147,23 @@ def cache_key(source_digest: str, tokenizer, opts: TokenizeOptions) -> str:
     return h.hexdigest()[:24]
 
 
+def length_columns(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int]) -> dict[str, int]:
+    """One pair's ``chosen_len`` and ``rejected_len`` (prompt + response) and ``pair_len`` (their max)."""
+    p = len(prompt_ids)
+    return {"chosen_len": p + len(chosen_ids), "rejected_len": p + len(rejected_ids),
+            "pair_len": p + max(len(chosen_ids), len(rejected_ids))}
+
+
+def token_columns(rows: list[dict]) -> dict[str, list]:
+    """Rows of ``prompt_ids``/``chosen_ids``/``rejected_ids`` as the columns ``tokenize_pairs`` gives
+    (ids and lengths), for pairs tokenised elsewhere: ``pair_lengths`` and ``build_sampler`` take them."""
+    cols: dict[str, list] = {k: [r[k] for r in rows] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    lengths = [length_columns(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in rows]
+    for k in ("chosen_len", "rejected_len", "pair_len"):
+        cols[k] = [x[k] for x in lengths]
+    return cols
+
+
 def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1, cache_file: str | None = None):
     """Map a canonical pair dataset to token ids; returns (dataset, TokenizeReport).
 
@@ -174,9 +191,8 @@ def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1, c
             out["prompt_ids"].append(p_ids)
             out["chosen_ids"].append(c_ids)
             out["rejected_ids"].append(r_ids)
-            out["chosen_len"].append(len(p_ids) + len(c_ids))
-            out["rejected_len"].append(len(p_ids) + len(r_ids))
-            out["pair_len"].append(len(p_ids) + max(len(c_ids), len(r_ids)))
+            for k, v in length_columns(p_ids, c_ids, r_ids).items():
+                out[k].append(v)
             out["status"].append(status)
         return out
 

@@ -18,8 +18,10 @@ import tempfile
 import time
 import traceback
 
-ENV = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TORCHDYNAMO_DISABLE": "1", "HF_HUB_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+from rm_ds.runtime_env import RUNTIME
+
+ENV = dict(RUNTIME)
+"""The CPU run-time environment of launch/env.sh (one list, in rm_ds.runtime_env), set in full for every test rank."""
 
 
 def free_port() -> int:

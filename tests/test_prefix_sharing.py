@@ -27,6 +27,7 @@ from rm_ds.loss import bt_loss
 from rm_ds.model import reward_head, rewards
 from rm_ds.packing import attention_mask_for, block_mask, collate_layout, pair_lengths, sampler_cost
 from rm_ds.sampler import PairSampler, SamplerConfig
+from rm_ds.tokenize import token_columns
 from tests.harness import make_tiny_setup, run_distributed
 
 PAD, EOS, VOCAB = 0, 2, 97
@@ -244,11 +245,7 @@ def test_sampler_lengths_are_the_rows_real_tokens():
     from datasets import Dataset
 
     rows = random_rows(7, n=40)
-    cols = {k: [r[k] for r in rows] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
-    cols["chosen_len"] = [len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in rows]
-    cols["rejected_len"] = [len(r["prompt_ids"]) + len(r["rejected_ids"]) for r in rows]
-    cols["pair_len"] = [max(a, b) for a, b in zip(cols["chosen_len"], cols["rejected_len"])]
-    ds = Dataset.from_dict(cols).select(list(range(39, -1, -1)))  # an index-mapped view, as after filtering
+    ds = Dataset.from_dict(token_columns(rows)).select(list(range(39, -1, -1)))  # an index-mapped view, as after filtering
     rows = rows[::-1]
     for ps, pk in ((True, False), (False, True), (True, True)):
         lens = pair_lengths(ds, prefix_sharing=ps, packing=pk)

@@ -97,3 +97,15 @@ def test_tokenisation_is_cached_by_content(minilm, tmp_path):
     second, rep = tokenize_pairs(ds, minilm, opts, cache_file=str(path))
     assert path.stat().st_mtime_ns == stamp  # read back, not rewritten
     assert second["chosen_ids"] == first["chosen_ids"] and rep.counts == {"ok": 2}
+
+
+def test_token_columns_match_what_tokenize_pairs_writes():
+    """Rows tokenised elsewhere (bench, tests) get the same length columns as a tokenised dataset."""
+    from rm_ds.tokenize import length_columns, token_columns
+
+    rows = [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 9], "rejected_ids": [5, 6, 7, 9]},
+            {"prompt_ids": [], "chosen_ids": [9], "rejected_ids": [9]}]
+    cols = token_columns(rows)
+    assert cols["chosen_len"] == [5, 1] and cols["rejected_len"] == [7, 1] and cols["pair_len"] == [7, 1]
+    assert cols["prompt_ids"] == [[1, 2, 3], []]
+    assert length_columns([1], [2, 3], [4]) == {"chosen_len": 3, "rejected_len": 2, "pair_len": 3}
