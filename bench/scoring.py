@@ -1,6 +1,7 @@
 """Scoring throughput: `rm-ds score` and `rm-ds serve` against a naive one-response-per-forward loop.
 
-    PYTHONPATH=. python bench/scoring.py [--model builtin:minilm] [--pairs 384] [--clients 16] [--threads 2] [--rounds 3]
+    PYTHONPATH=. python bench/scoring.py [--model builtin:minilm] [--pairs 384] [--clients 16] [--threads 2] \
+        [--rounds 3]
 
 Same model (the backbone with a seeded random 1-output head, saved as a plain HF folder), same
 WordNet eval pairs, same thread count, in one run:

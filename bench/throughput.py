@@ -82,8 +82,8 @@ def prepare(work: Path, *, n_pairs: int, models: list[str], datasets: list[str],
     """Model folders and tokenised pair files (rm_ds tokenisation, over-cap pairs dropped)."""
     from rm_ds.builtin import build_tiny_llama, resolve_model, rm_ds_home
     from rm_ds.data import load_pairs
-    from rm_ds.model import load_tokenizer
     from rm_ds.dataset import resolve_data_path
+    from rm_ds.model import load_tokenizer
     from rm_ds.tokenize import TokenizeOptions, tokenize_pairs
 
     paths = {}

@@ -35,7 +35,7 @@ def gather_scores(engine, ds, *, rank: int, world_size: int, collate, token_budg
                             prefix_sharing=prefix_sharing, packing=packing)
     scored = score_batches(engine, [b for _, b in batches])
     local = []
-    for (idx, batch), (c, r) in zip(batches, scored):
+    for (idx, _batch), (c, r) in zip(batches, scored):
         if not idx:  # filler forward: nothing to record
             continue
         local.append(torch.stack([torch.tensor(idx, dtype=torch.float64), c.double().cpu(), r.double().cpu()], dim=1))

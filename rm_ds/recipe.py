@@ -105,7 +105,8 @@ class InputRecipe:
         if missing:
             raise ValueError(f"{where}: recipe lacks {missing}")
         if int(d.get("version", RECIPE_VERSION)) > RECIPE_VERSION:
-            raise ValueError(f"{where}: recipe version {d['version']} is newer than this rm_ds reads ({RECIPE_VERSION})")
+            raise ValueError(f"{where}: recipe version {d['version']} is newer than this rm_ds reads "
+                             f"({RECIPE_VERSION})")
         return cls(**{**d, "lead_token_ids": tuple(d.get("lead_token_ids", ()))})
 
 

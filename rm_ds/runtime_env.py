@@ -1,6 +1,6 @@
 """The run-time environment of rm_ds processes: one list, for the shell and for Python.
 
-    . launch/env.sh                        # the shell: evaluates what ``python - --shell < rm_ds/runtime_env.py`` prints
+    . launch/env.sh                        # the shell: evaluates ``python - --shell < rm_ds/runtime_env.py``
     env = {**os.environ, **RUNTIME}        # Python (tests/harness.py, bench/): the same values, on CPU
 
 ``launch/env.sh`` sets ``DEFAULTS`` (unless already set), ``FIXED`` (always) and, on a machine
@@ -50,7 +50,8 @@ def exports(environ: Mapping[str, str], *, gpu: bool) -> dict[str, str]:
 def shell_lines(environ: Mapping[str, str], *, gpu: bool) -> list[str]:
     """What ``launch/env.sh`` evaluates: the exports, then the two forwarding lists as shell variables."""
     lines = [f"export {k}={shlex.quote(v)}" for k, v in exports(environ, gpu=gpu).items()]
-    return lines + [f"RM_DS_SETTINGS={shlex.quote(' '.join(SETTINGS))}", f"RM_DS_FORWARD={shlex.quote(' '.join(FORWARD))}"]
+    return lines + [f"RM_DS_SETTINGS={shlex.quote(' '.join(SETTINGS))}",
+                    f"RM_DS_FORWARD={shlex.quote(' '.join(FORWARD))}"]
 
 
 def main(argv: list[str]) -> None:

@@ -309,7 +309,8 @@ def create_app(scorers: list[Scorer], opts: ServeOptions) -> FastAPI:
         errors, msgs = exc.errors(), []
         for e in errors[:10]:
             union = any(p in UNION_TAGS for p in e["loc"])
-            m = f"{_loc(e['loc'])}: " + ("expected a string or a list of {role, content} messages" if union else e["msg"])
+            what = "expected a string or a list of {role, content} messages" if union else e["msg"]
+            m = f"{_loc(e['loc'])}: {what}"
             if m not in msgs:
                 msgs.append(m)
         return JSONResponse({"error": "; ".join(msgs), "detail": [{"loc": list(e["loc"]), "msg": e["msg"]}

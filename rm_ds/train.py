@@ -34,8 +34,14 @@ from rm_ds.eval_metrics import EvalScores, compute_metrics
 from rm_ds.evaluate import gather_scores
 from rm_ds.loss import LossFn, make_loss_fn
 from rm_ds.metrics import both_orientations, fit_temperature
-from rm_ds.model import (build_reward_model, head_name, load_tokenizer, pad_token_for, param_counts,
-                          require_last_token_pooling)
+from rm_ds.model import (
+    build_reward_model,
+    head_name,
+    load_tokenizer,
+    pad_token_for,
+    param_counts,
+    require_last_token_pooling,
+)
 from rm_ds.run_state import RunState
 from rm_ds.selection import EarlyStopping
 from rm_ds.tokenize import eos_id
@@ -367,7 +373,8 @@ def format_summary(summary: dict, metrics: dict) -> str:
     lines = ["", "== rm_ds training finished ==",
              f"steps {summary['steps']}  pairs {summary['pairs']}  time {summary['train_time_s']:.1f}s  "
              f"{summary['pairs_per_s']:.1f} pairs/s  {summary['tokens_per_s']:.0f} tokens/s  "
-             f"useful-token ratio {summary['useful_token_ratio']:.3f}  prompt reuse {summary['prompt_reuse_share']:.3f}  "
+             f"useful-token ratio {summary['useful_token_ratio']:.3f}  "
+             f"prompt reuse {summary['prompt_reuse_share']:.3f}  "
              f"peak mem {summary['peak_mem_mib']:.0f} MiB"]
     if metrics:
         keys = ["n_pairs", "accuracy", "auc", "loss", "margin_mean", "ece", "ece_calibrated", "temperature",

@@ -68,8 +68,9 @@ def eval_worker(ovr: list[str], paths: list[str]) -> dict:
                                token_budget=cfg.eval.token_budget or cfg.train.token_budget,
                                prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
         out[path] = {"index": scores.index.tolist(), "chosen": scores.chosen.tolist(),
-                     "rejected": scores.rejected.tolist(), "metrics": compute_metrics(scores, ds, loss=cfg.loss, n_bins=cfg.eval.ece_bins,
-                                                                   thresholds=cfg.eval.thresholds)}
+                     "rejected": scores.rejected.tolist(),
+                     "metrics": compute_metrics(scores, ds, loss=cfg.loss, n_bins=cfg.eval.ece_bins,
+                                                thresholds=cfg.eval.thresholds)}
     return out
 
 

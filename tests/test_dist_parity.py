@@ -13,11 +13,11 @@ DeepSpeed's default per-micro-batch-mean weighting.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from tests.harness import make_tiny_setup, run_distributed
+
 
 @pytest.fixture(scope="module")
 def setup_dir(tmp_path_factory):
@@ -58,11 +58,11 @@ def reference_run(ovr: list[str], plan, *, naive: bool = False):
     """
     from rm_ds.collate import collate_pairs
     from rm_ds.config import load_config
+    from rm_ds.dataset import rows_at
     from rm_ds.engine import transformers as _tf  # same transformers the engine uses
     from rm_ds.loss import bt_loss
     from rm_ds.model import build_reward_model, load_tokenizer, pad_token_for
     from rm_ds.tokenize import eos_id
-    from rm_ds.dataset import rows_at
     from tests.harness import load_split
 
     cfg = load_config(None, ovr)
@@ -72,7 +72,8 @@ def reference_run(ovr: list[str], plan, *, naive: bool = False):
     ds, _ = load_split(cfg, tok, cfg.data.train_path, split="train", max_pairs=None)
     model = build_reward_model(cfg.model, pad_token_id=pad)
     t = cfg.train
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps,
+                            weight_decay=t.weight_decay)
     sched = _tf.get_scheduler(t.lr_scheduler, opt, num_warmup_steps=int(-(-t.warmup_ratio * t.max_steps // 1)),
                               num_training_steps=t.max_steps)
 

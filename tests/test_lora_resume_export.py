@@ -31,7 +31,8 @@ from transformers import AutoModelForSequenceClassification
 folder, pairs_file, adapter_base = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else None)
 if adapter_base:
     from peft import PeftModel
-    model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(adapter_base, num_labels=1), folder)
+    base = AutoModelForSequenceClassification.from_pretrained(adapter_base, num_labels=1)
+    model = PeftModel.from_pretrained(base, folder)
 else:
     model = AutoModelForSequenceClassification.from_pretrained(folder)
 model.eval()
@@ -84,7 +85,8 @@ def eval_pairs_file(run_dir: Path, tmp: Path) -> Path:
 
 def score_in_fresh_process(folder: Path, pairs: Path, adapter_base: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", SCORER, str(folder), str(pairs), *([adapter_base] if adapter_base else [])],
+    extra = [adapter_base] if adapter_base else []
+    proc = subprocess.run([sys.executable, "-c", SCORER, str(folder), str(pairs), *extra],
                           capture_output=True, text=True, timeout=120, env={**env, **ENV}, cwd="/")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -123,7 +125,8 @@ def test_lora_trains_head_keeps_base_and_exports(tmp_path, stage):
 
         adapter = export_run(run_dir, step="final", out=tmp_path / "adapter", adapter=True)
         assert (adapter / "adapter_config.json").exists()
-        assert_export_reproduces_final_eval(run_dir, adapter, tmp_path, adapter_base=resolve_model("builtin:tiny-llama"))
+        assert_export_reproduces_final_eval(run_dir, adapter, tmp_path,
+                                            adapter_base=resolve_model("builtin:tiny-llama"))
 
 
 def test_full_finetune_zero3_export_carries_calibration(tmp_path):

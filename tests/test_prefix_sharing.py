@@ -245,15 +245,17 @@ def test_sampler_lengths_are_the_rows_real_tokens():
     from datasets import Dataset
 
     rows = random_rows(7, n=40)
-    ds = Dataset.from_dict(token_columns(rows)).select(list(range(39, -1, -1)))  # an index-mapped view, as after filtering
+    ds = Dataset.from_dict(token_columns(rows)).select(list(range(39, -1, -1)))  # index-mapped, as after filtering
     rows = rows[::-1]
     for ps, pk in ((True, False), (False, True), (True, True)):
         lens = pair_lengths(ds, prefix_sharing=ps, packing=pk)
         for i, row in enumerate(rows):
-            assert lens[i] == collate_layout([row], prefix_sharing=ps, packing=pk, pad_id=PAD, eos_id=EOS)["real_tokens"]
+            b = collate_layout([row], prefix_sharing=ps, packing=pk, pad_id=PAD, eos_id=EOS)
+            assert lens[i] == b["real_tokens"]
     budget = 300
     lens = pair_lengths(ds, prefix_sharing=True, packing=True)
-    sampler = PairSampler(lens, SamplerConfig(global_batch_pairs=16, token_budget=budget, cost=sampler_cost(packing=True)),
+    sampler = PairSampler(lens, SamplerConfig(global_batch_pairs=16, token_budget=budget,
+                                              cost=sampler_cost(packing=True)),
                           world_size=2, rank=0, seed=0)
     for step in sampler.plan_epoch(0):
         for rank in step:
@@ -307,8 +309,8 @@ def layout_train_worker(runs: list[list[str]]) -> list[dict]:
     eval-mode scores of the first pairs through the engine with the run's collate."""
     from rm_ds import dist
     from rm_ds.config import load_config
-    from rm_ds.engine import score_batches
     from rm_ds.dataset import rows_at
+    from rm_ds.engine import score_batches
     from rm_ds.train import setup, train_loop
 
     info = dist.current()

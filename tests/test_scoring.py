@@ -139,8 +139,8 @@ def test_recipe_round_trip(runs, combo, tmp_path):
     assert statuses.count("prompt_truncated") == math.ceil(N_PAIRS / 7)
 
     if combo == "llama":  # a run directory resolves to its export
-        np.testing.assert_allclose(load_scorer(str(dirs[combo]), step="final").score_pairs(prompts, chosen, rejected)[0],
-                                   wc, atol=1e-5)
+        from_run = load_scorer(str(dirs[combo]), step="final")
+        np.testing.assert_allclose(from_run.score_pairs(prompts, chosen, rejected)[0], wc, atol=1e-5)
 
     # batch-size invariance: one by one = all together, responses and pairs
     one = np.array([scorer.score_responses([p], [x])[0] for p, x in zip(prompts, chosen)])
@@ -287,7 +287,8 @@ def test_select_active_learning(runs, tmp_path):
     a, b = (str(dirs[k] / "export" / "final") for k in ("llama", "llama-chat"))
     rows = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines()]
     pool = tmp_path / "pool.jsonl"
-    dup = dict(rows[0], id="dup", prompt=rows[0]["prompt"] + " !", chosen=rows[0]["rejected"], rejected=rows[0]["chosen"])
+    dup = dict(rows[0], id="dup", prompt=rows[0]["prompt"] + " !", chosen=rows[0]["rejected"],
+               rejected=rows[0]["chosen"])
     with open(pool, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows + [dup])
     prompts = [r["prompt"] for r in rows + [dup]]
@@ -311,8 +312,8 @@ def test_select_active_learning(runs, tmp_path):
     ds, report = load_pairs(str(out))
     assert report.n_loaded == 4 and set(ds["pair_id"]) == {json.loads(x)["id"] for x in out.read_text().splitlines()}
     cand = tmp_path / "candidates.jsonl"
-    cand.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": r["prompt"], "responses": [r["chosen"], r["rejected"],
-                                                                                            "the bird"]})
+    cand.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": r["prompt"],
+                                          "responses": [r["chosen"], r["rejected"], "the bird"]})
                               for i, r in enumerate(rows[:6])) + "\n")
     picked = select([a], str(cand), k=3, by="margin")
     assert len(picked) == 3 and len({g["source_id"] for g in picked}) == 3  # at most one pair per prompt

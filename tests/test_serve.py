@@ -86,7 +86,8 @@ def test_load_16_clients_2000_requests(server, model):
     plan = []
     for _ in range(2000):
         kind = rng.random() < 0.5
-        items = [(rng.choice(prompts[:20]), rng.choice(responses), rng.choice(responses)) for _ in range(rng.randint(1, 3))]
+        items = [(rng.choice(prompts[:20]), rng.choice(responses), rng.choice(responses))
+                 for _ in range(rng.randint(1, 3))]
         plan.append((kind, items))
     statuses, mismatches = [], []
 
@@ -94,9 +95,11 @@ def test_load_16_clients_2000_requests(server, model):
         async with httpx.AsyncClient(base_url=url, timeout=60) as c:
             for kind, items in share:
                 if kind:
-                    res = await c.post("/v1/score", json={"responses": [{"prompt": p, "response": a} for p, a, _ in items]})
+                    body = {"responses": [{"prompt": p, "response": a} for p, a, _ in items]}
+                    res = await c.post("/v1/score", json=body)
                 else:
-                    res = await c.post("/v1/compare", json={"pairs": [{"prompt": p, "a": a, "b": b} for p, a, b in items]})
+                    body = {"pairs": [{"prompt": p, "a": a, "b": b} for p, a, b in items]}
+                    res = await c.post("/v1/compare", json=body)
                 statuses.append(res.status_code)
                 if res.status_code != 200:
                     continue
@@ -209,7 +212,8 @@ def test_bad_requests_422_413_401(model):
         assert r.status_code == 422 and r.json()["error"] == "body.responses[2].response: Field required"
         r = c.post("/v1/score", json={"responses": [ok, {"prompt": "p", "response": 3}]})
         assert r.status_code == 422 and r.json()["error"].startswith("body.responses[1].response: expected a string")
-        r = c.post("/v1/compare", json={"pairs": [{"prompt": "p", "a": "x", "b": "x"}, {"prompt": "p", "a": "x", "b": " "}]})
+        r = c.post("/v1/compare", json={"pairs": [{"prompt": "p", "a": "x", "b": "x"},
+                                                  {"prompt": "p", "a": "x", "b": " "}]})
         assert r.status_code == 422 and r.json()["error"] == "body.pairs[1].b: empty"
         r = c.post("/v1/score", json={"responses": []})
         assert r.status_code == 422 and "body.responses" in r.json()["error"]

@@ -122,8 +122,8 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         while not ok():
             dead = [n for n, p in self.procs.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                raise RuntimeError(f"waiting for {what}: {'daemon(s) died: ' + ', '.join(dead) if dead else 'timed out'}"
-                                   f"\n{self.logs()}")
+                why = "daemon(s) died: " + ", ".join(dead) if dead else "timed out"
+                raise RuntimeError(f"waiting for {what}: {why}\n{self.logs()}")
             time.sleep(0.3)
 
     def logs(self) -> str:
