@@ -23,14 +23,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rm_ds.checkpoint_files import (
-    checkpoint_root,
-    complete_tags,
-    consolidated_state_dict,
-    find_eval_dir,
-    read_state,
-    tag_for,
-)
+from rm_ds.checkpoint_files import (checkpoint_root, complete_tags, consolidated_state_dict, find_eval_dir, read_state,
+                                    tag_for)
 from rm_ds.config import Config, load_config
 from rm_ds.model import apply_lora, head_name, load_model_config, load_tokenizer, pad_token_for
 from rm_ds.recipe import write_recipe

@@ -34,14 +34,8 @@ from rm_ds.eval_metrics import EvalScores, compute_metrics
 from rm_ds.evaluate import gather_scores
 from rm_ds.loss import LossFn, make_loss_fn
 from rm_ds.metrics import both_orientations, fit_temperature
-from rm_ds.model import (
-    build_reward_model,
-    head_name,
-    load_tokenizer,
-    pad_token_for,
-    param_counts,
-    require_last_token_pooling,
-)
+from rm_ds.model import (build_reward_model, head_name, load_tokenizer, pad_token_for, param_counts,
+                          require_last_token_pooling)
 from rm_ds.run_state import RunState
 from rm_ds.selection import EarlyStopping
 from rm_ds.tokenize import eos_id
