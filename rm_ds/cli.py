@@ -4,6 +4,7 @@
     rm-ds eval  [--config NAME_OR_YAML] model.name_or_path=DIR data.eval_path=FILE [key.sub=value ...]
     rm-ds export --run-dir RUN_DIR [--step final|best|step_NNNNNNNN] [--out DIR] [--adapter]
     rm-ds compare RUN_DIR... [--out DIR]      (or one parent directory of runs)
+    rm-ds sample --prompts FILE --out FILE [--model builtin:smollm2 --n 2 --temperature 1 --top-p 1 ...]
 
 Under ``mpirun`` add ``--mpi`` (rank, world size and master come from MPI through mpi4py)::
 
@@ -44,7 +45,26 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", type=Path, help="run directories, or one parent of run directories")
     c.add_argument("--out", type=Path, default=None,
                    help="where compare.csv, compare.md and the PNGs go (default: the runs' common parent)")
+    _add_proxy_commands(sub)
     return p
+
+
+def _add_proxy_commands(sub) -> None:
+    """Issue 13's sub-commands: sample, label, match, inspect."""
+    s = sub.add_parser("sample", help="sample N responses per prompt from a causal LM (scored-responses JSONL)")
+    s.add_argument("--prompts", required=True,
+                   help="JSONL/JSON/parquet rows with 'prompt' (and 'id'), or builtin:wordnet/train|eval")
+    s.add_argument("--out", required=True, help="output JSONL (parts and resume state in OUT.parts/)")
+    s.add_argument("--model", default="builtin:smollm2", help="the policy: a causal LM folder or builtin:NAME")
+    s.add_argument("--n", type=int, default=2, help="responses per prompt")
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    s.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens per response")
+    s.add_argument("--seed", type=int, default=0, help="base seed; each prompt's seed is derived from it and its id")
+    s.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (x n rows)")
+    s.add_argument("--max-prompts", type=int, default=None, help="use only the first N distinct prompts")
+    s.add_argument("--no-chat-template", action="store_true", help="feed the prompt text without the chat template")
+    s.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +88,13 @@ def main(argv: list[str] | None = None) -> None:
         from rm_ds.compare import main as compare_main
 
         sys.exit(compare_main(args.runs, out=args.out))
+    elif args.command == "sample":
+        from rm_ds.sampling import SampleError, main as sample_main
+
+        try:
+            sys.exit(sample_main(args))
+        except SampleError as e:
+            sys.exit(f"rm-ds sample: {e}")
     elif args.command == "export":
         from rm_ds.export import export_run
 
