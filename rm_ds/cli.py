@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(compare_main(args.runs, out=args.out))
     elif args.command == "sample":
-        from rm_ds.sampling import SampleError, main as sample_main
+        from rm_ds.sampling import SampleError
+        from rm_ds.sampling import main as sample_main
 
         try:
             sys.exit(sample_main(args))

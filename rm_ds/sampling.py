@@ -356,8 +356,7 @@ def merge_parts(parts_dir: Path, prompts: list[Prompt], out: Path) -> int:
         raise SampleError(f"{parts_dir}: {len(missing)} prompts have no rows (first {missing[:3]})")
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for pr in prompts:
-            f.write(json.dumps(by_id[pr.id], ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(by_id[pr.id], ensure_ascii=False) + "\n" for pr in prompts)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out)
