@@ -5,6 +5,8 @@
     rm-ds export --run-dir RUN_DIR [--step final|best|step_NNNNNNNN] [--out DIR] [--adapter]
     rm-ds compare RUN_DIR... [--out DIR]      (or one parent directory of runs)
     rm-ds sample --prompts FILE --out FILE [--model builtin:smollm2 --n 2 --temperature 1 --top-p 1 ...]
+    rm-ds label --gold MODEL --samples FILE --out-scored FILE [--out-pairs FILE --tie-eps 0 --margin]
+    rm-ds match --proxy MODEL --heldout FILE [--train FILE] --out DIR
 
 Under ``mpirun`` add ``--mpi`` (rank, world size and master come from MPI through mpi4py)::
 
@@ -65,6 +67,22 @@ def _add_proxy_commands(sub) -> None:
     s.add_argument("--max-prompts", type=int, default=None, help="use only the first N distinct prompts")
     s.add_argument("--no-chat-template", action="store_true", help="feed the prompt text without the chat template")
     s.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")
+    lb = sub.add_parser("label", help="score sampled responses with a gold RM; write rewards and winner pairs")
+    lb.add_argument("--gold", required=True, help="the gold RM: an rm_ds export, a run directory or an HF RM folder")
+    lb.add_argument("--step", default=None, help="for a run directory: final, best or a checkpoint tag")
+    lb.add_argument("--samples", required=True, help="scored-responses JSONL (rm-ds sample)")
+    lb.add_argument("--out-scored", required=True, help="the samples with gold 'rewards' added")
+    lb.add_argument("--out-pairs", default=None, help="preference pairs: the higher gold reward is chosen")
+    lb.add_argument("--tie-eps", type=float, default=0.0, help="gold differences <= this are ties (skipped, counted)")
+    lb.add_argument("--margin", action="store_true", help="write the gold difference as each pair's 'margin'")
+    lb.add_argument("--objective", type=int, default=None, help="multi-objective gold RM: the column to use")
+    m = sub.add_parser("match", help="proxy vs gold agreement, correlations, spread, scatter plots, diagnosis")
+    m.add_argument("--proxy", required=True, help="the proxy RM: an rm_ds export, a run directory or an HF RM folder")
+    m.add_argument("--step", default=None, help="for a run directory: final, best or a checkpoint tag")
+    m.add_argument("--heldout", required=True, help="gold-labelled scored-responses JSONL of held-out prompts")
+    m.add_argument("--train", default=None, help="gold-labelled scored-responses JSONL of the training prompts")
+    m.add_argument("--out", required=True, type=Path, help="folder for match.json, scatter PNGs and tb/")
+    m.add_argument("--tie-eps", type=float, default=0.0, help="gold differences <= this are not counted as pairs")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,6 +114,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(sample_main(args))
         except SampleError as e:
             sys.exit(f"rm-ds sample: {e}")
+    elif args.command in ("label", "match"):
+        from rm_ds.label import LabelError
+
+        module = __import__(f"rm_ds.{args.command}", fromlist=["main"])
+        try:
+            sys.exit(module.main(args))
+        except (LabelError, FileNotFoundError) as e:
+            sys.exit(f"rm-ds {args.command}: {e}")
     elif args.command == "export":
         from rm_ds.export import export_run
 
