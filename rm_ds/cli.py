@@ -7,6 +7,7 @@
     rm-ds sample --prompts FILE --out FILE [--model builtin:smollm2 --n 2 --temperature 1 --top-p 1 ...]
     rm-ds label --gold MODEL --samples FILE --out-scored FILE [--out-pairs FILE --tie-eps 0 --margin]
     rm-ds match --proxy MODEL --heldout FILE [--train FILE] --out DIR
+    rm-ds inspect FILE [--tokenizer builtin:minilm --max-length 256 --skip-invalid]
 
 Under ``mpirun`` add ``--mpi`` (rank, world size and master come from MPI through mpi4py)::
 
@@ -83,6 +84,17 @@ def _add_proxy_commands(sub) -> None:
     m.add_argument("--train", default=None, help="gold-labelled scored-responses JSONL of the training prompts")
     m.add_argument("--out", required=True, type=Path, help="folder for match.json, scatter PNGs and tb/")
     m.add_argument("--tie-eps", type=float, default=0.0, help="gold differences <= this are not counted as pairs")
+    i = sub.add_parser("inspect", help="the load summary of a dataset (pairs or scored responses), without training")
+    i.add_argument("file", help="a pair file (.jsonl/.json/.parquet, builtin:wordnet/train) or scored-responses JSONL")
+    i.add_argument("--tokenizer", default="builtin:minilm", help="tokenizer for truncation and lengths ('' skips)")
+    i.add_argument("--max-length", type=int, default=256, help="token cap per sequence, as data.max_length")
+    i.add_argument("--chat-template", action="store_true", help="render text pairs through the chat template")
+    i.add_argument("--skip-invalid", action="store_true", help="exit 0 even when rows are invalid")
+    i.add_argument("--prompt-field", default="prompt", help="as data.prompt_field")
+    i.add_argument("--chosen-field", default="chosen", help="as data.chosen_field")
+    i.add_argument("--rejected-field", default="rejected", help="as data.rejected_field")
+    i.add_argument("--margin-field", default=None, help="as data.margin_field")
+    i.add_argument("--tie-eps", type=float, default=0.0, help="scored files: gold differences <= this are ties")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,6 +134,15 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(module.main(args))
         except (LabelError, FileNotFoundError) as e:
             sys.exit(f"rm-ds {args.command}: {e}")
+    elif args.command == "inspect":
+        from rm_ds.data import DataError
+        from rm_ds.inspect_data import main as inspect_main
+        from rm_ds.label import LabelError
+
+        try:
+            sys.exit(inspect_main(args))
+        except (DataError, LabelError) as e:
+            sys.exit(f"rm-ds inspect: {e}")
     elif args.command == "export":
         from rm_ds.export import export_run
 
