@@ -134,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(module.main(args))
         except (LabelError, FileNotFoundError) as e:
             sys.exit(f"rm-ds {args.command}: {e}")
+        except ModuleNotFoundError as e:
+            if e.name != "rm_ds.scoring":
+                raise
+            sys.exit(f"rm-ds {args.command}: needs rm_ds/scoring.py (contract 3, issue 12), not in this checkout yet")
     elif args.command == "inspect":
         from rm_ds.data import DataError
         from rm_ds.inspect_data import main as inspect_main
