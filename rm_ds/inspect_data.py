@@ -47,10 +47,12 @@ def _percentiles(values) -> str:
 def inspect_pairs(path: str, *, tokenizer: str | None, max_length: int, chat_template: bool = False,
                   fields: dict | None = None) -> tuple[list[str], int]:
     """Summary lines and the number of invalid rows of a pair dataset."""
+    from rm_ds.builtin import rm_ds_home
     from rm_ds.data import load_pairs
-    from rm_ds.train import resolve_data_path
+    from rm_ds.dataset import resolve_data_path
 
-    ds, report = load_pairs(resolve_data_path(path), skip_invalid=True, **(fields or {}))
+    source = resolve_data_path(path, builtin_dir=rm_ds_home() / "data")
+    ds, report = load_pairs(source, skip_invalid=True, **(fields or {}))
     invalid = sum(report.skipped.values())
     fmt = ds[0]["format"] if len(ds) else "?"
     lines = [f"file: {path}", f"format: pairs ({fmt})",

@@ -95,9 +95,10 @@ def load_prompts(path: str, *, max_prompts: int | None = None) -> tuple[list[Pro
     prompt text repeats an earlier one is skipped and counted ("duplicate prompt"); a missing id
     becomes ``<file stem>:<line>``. Returns the prompts and the skip counts.
     """
-    from rm_ds.train import resolve_data_path
+    from rm_ds.builtin import rm_ds_home
+    from rm_ds.dataset import resolve_data_path
 
-    resolved = resolve_data_path(path)
+    resolved = resolve_data_path(path, builtin_dir=rm_ds_home() / "data")
     p = Path(resolved)
     if not p.is_file():
         raise SampleError(f"{path}: no such file")
