@@ -28,7 +28,7 @@ for split in train heldout; do
   if [ "$split" = train ]; then src=builtin:wordnet/train n=$PROMPTS; else src=builtin:wordnet/eval n=$HELDOUT; fi
   stage "sampling $n $split prompts x $N from $POLICY"
   ranks sample --prompts "$src" --max-prompts "$n" --out "$OUT/${split}_samples.jsonl" --model "$POLICY" \
-    --n "$N" --temperature 1.0 --top-p 1.0 --max-new-tokens "$MAX_NEW_TOKENS" --seed "$SEED" --batch-size 8
+    --num-responses "$N" --temperature 1.0 --top-p 1.0 --max-new-tokens "$MAX_NEW_TOKENS" --seed "$SEED" --batch-size 8
   stage "labelling $split responses with the gold RM $GOLD"
   python -m rm_ds.cli label --gold "$GOLD" --samples "$OUT/${split}_samples.jsonl" \
     --out-scored "$OUT/${split}_labelled.jsonl" --out-pairs "$OUT/${split}_pairs.jsonl"

@@ -4,7 +4,7 @@
     rm-ds eval  [--config NAME_OR_YAML] model.name_or_path=DIR data.eval_path=FILE [key.sub=value ...]
     rm-ds export --run-dir RUN_DIR [--step final|best|step_NNNNNNNN] [--out DIR] [--adapter]
     rm-ds compare RUN_DIR... [--out DIR]      (or one parent directory of runs)
-    rm-ds sample --prompts FILE --out FILE [--model builtin:smollm2 --n 2 --temperature 1 --top-p 1 ...]
+    rm-ds sample --prompts FILE --out FILE [--model builtin:smollm2 --num-responses 2 --temperature 1 --top-p 1 ...]
     rm-ds label --gold MODEL --samples FILE --out-scored FILE [--out-pairs FILE --tie-eps 0 --margin]
     rm-ds match --proxy MODEL --heldout FILE [--train FILE] --out DIR
     rm-ds inspect FILE [--tokenizer builtin:minilm --max-length 256 --skip-invalid]
@@ -59,7 +59,7 @@ def _add_proxy_commands(sub) -> None:
                    help="JSONL/JSON/parquet rows with 'prompt' (and 'id'), or builtin:wordnet/train|eval")
     s.add_argument("--out", required=True, help="output JSONL (parts and resume state in OUT.parts/)")
     s.add_argument("--model", default="builtin:smollm2", help="the policy: a causal LM folder or builtin:NAME")
-    s.add_argument("--n", type=int, default=2, help="responses per prompt")
+    s.add_argument("--num-responses", dest="n", type=int, default=2, help="responses per prompt")
     s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     s.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens per response")

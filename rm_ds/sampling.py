@@ -1,7 +1,7 @@
 """``rm-ds sample``: N responses per prompt from a causal LM, written as scored-responses JSONL.
 
     rm-ds sample --prompts builtin:wordnet/train --max-prompts 300 --out runs/proxy/samples.jsonl \
-        --model builtin:smollm2 --n 2 --temperature 1.0 --top-p 1.0 --max-new-tokens 48 --seed 0
+        --model builtin:smollm2 --num-responses 2 --temperature 1.0 --top-p 1.0 --max-new-tokens 48 --seed 0
     deepspeed --num_gpus 2 --master_addr 127.0.0.1 --module rm_ds.cli sample ...   (sharded over ranks)
 
 Output, one row per prompt in input order (NOTICE contract 4, rewards absent until ``rm-ds label``)::
@@ -64,7 +64,7 @@ class SamplingParams:
         if self.max_new_tokens < 1:
             raise SampleError(f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")
         if self.n < 1:
-            raise SampleError(f"--n: must be >= 1, got {self.n}")
+            raise SampleError(f"--num-responses: must be >= 1, got {self.n}")
 
 
 @dataclass(frozen=True)

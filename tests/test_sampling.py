@@ -82,7 +82,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(tiny, tmp_path):
     _sample(tiny, tmp_path / "ref.jsonl")
     out = tmp_path / "killed.jsonl"
     cmd = [sys.executable, "-m", "rm_ds.cli", "sample", "--prompts", str(tiny / "pairs.jsonl"), "--out", str(out),
-           "--model", str(tiny / "model"), "--n", "2", "--temperature", "1.0", "--top-p", "0.9",
+           "--model", str(tiny / "model"), "--num-responses", "2", "--temperature", "1.0", "--top-p", "0.9",
            "--max-new-tokens", "6", "--seed", "7", "--batch-size", "3"]
     env = {**os.environ, **ENV, "RM_DS_FAULT": "sample_batch:2"}
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
