@@ -155,3 +155,21 @@ def test_run_match_writes_figures_plot_and_diagnosis(tmp_path):
     assert (tmp_path / "m" / "scatter_heldout.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "m" / "match.json").read_text())["figures"]["heldout"]["n_pairs"] == f["n_pairs"]
     assert list((tmp_path / "m" / "tb").iterdir())
+
+
+def test_label_with_the_real_scorer_keeps_rewards_with_their_responses(tmp_path):
+    """Through rm_ds.scoring (contract 3) on a tiny RM: reversed response order gives each text the same reward."""
+    from rm_ds.scoring import load_scorer
+    from tests.harness import make_tiny_setup
+
+    root = make_tiny_setup(tmp_path / "t", n_pairs=1)
+    score = load_scorer(str(root / "model")).score_responses
+    rows = _samples(n_prompts=6, n=3)
+    flipped = [dict(r, responses=r["responses"][::-1]) for r in rows]
+    for name, data in (("a", rows), ("b", flipped)):
+        label(str(_write(tmp_path / f"{name}.jsonl", data)), score, out_scored=str(tmp_path / f"{name}_l.jsonl"),
+              out_pairs=None)
+    a = {(r["id"], t): x for r in read_scored(tmp_path / "a_l.jsonl") for t, x in zip(r["responses"], r["rewards"])}
+    b = {(r["id"], t): x for r in read_scored(tmp_path / "b_l.jsonl") for t, x in zip(r["responses"], r["rewards"])}
+    assert a.keys() == b.keys() and len(set(a.values())) > 1
+    assert all(a[k] == pytest.approx(b[k], abs=1e-5) for k in a)
