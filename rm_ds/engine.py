@@ -99,6 +99,8 @@ def build_engine(model, cfg: Config, ds_config: dict, *, total_steps: int, head:
 
 def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: int) -> StepStats:
     """One optimizer step over this rank's micro-batches (every rank passes the same count)."""
+    # from_pretrained returns the model in eval mode and scoring switches to it: dropout needs train mode
+    engine.train()
     local_pairs = sum(b["n_pairs"] for b in micro_batches)
     global_pairs = float(dist.all_reduce_sum([local_pairs])[0])  # the one all-reduce of counts
     if global_pairs <= 0:
