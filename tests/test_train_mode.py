@@ -37,7 +37,7 @@ def worker(root) -> dict:
         cfg = load_config(None, overrides(root, dropout))
         tr = setup(cfg, dist.current())
         logits: list[torch.Tensor] = []
-        tr.engine.module.register_forward_hook(lambda _m, _i, o: logits.append(o.logits.detach().clone()))
+        tr.engine.module.register_forward_hook(lambda _m, _i, o, out=logits: out.append(o.logits.detach().clone()))
         batch = tr.collate(rows_at(tr.data.train, [0, 1, 2, 3]))
         train_step(tr.engine, [batch, batch], cfg, world_size=2)
         score_batches(tr.engine, [batch, batch])
