@@ -167,9 +167,9 @@ def fitting_pairs(pairs: list[dict], tokenizer, n: int) -> list[dict]:
 
 def prepare(work: Path, *, models: list[str], datasets: list[str], n_train: int, n_eval: int) -> dict:
     """Model folders and train/eval JSONL files (only pairs that fit the cap untruncated)."""
-    from rm_ds.builtin import build_tiny_llama, resolve_model
+    from rm_ds.builtin import build_tiny_llama, resolve_model, rm_ds_home
+    from rm_ds.dataset import resolve_data_path
     from rm_ds.model import load_tokenizer
-    from rm_ds.train import resolve_data_path
 
     paths = {}
     for m in models:
@@ -181,7 +181,8 @@ def prepare(work: Path, *, models: list[str], datasets: list[str], n_train: int,
     files = {}
     for d in datasets:
         if d == "wordnet":
-            read = lambda split: [json.loads(x) for x in open(resolve_data_path(f"builtin:wordnet/{split}"))]  # noqa
+            read = lambda split: [json.loads(x) for x in open(resolve_data_path(
+                f"builtin:wordnet/{split}", builtin_dir=rm_ds_home() / "data"))]  # noqa
             train, ev = read("train"), read("eval")
         else:
             train, ev = pydoc_pairs()

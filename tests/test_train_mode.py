@@ -30,7 +30,8 @@ def worker(root) -> dict:
     from rm_ds import dist
     from rm_ds.config import load_config
     from rm_ds.engine import score_batches, train_step
-    from rm_ds.train import rows_at, setup
+    from rm_ds.dataset import rows_at
+    from rm_ds.train import setup
 
     out = {}
     for dropout in (0.5, 0.0):
@@ -39,9 +40,9 @@ def worker(root) -> dict:
         logits: list[torch.Tensor] = []
         tr.engine.module.register_forward_hook(lambda _m, _i, o, out=logits: out.append(o.logits.detach().clone()))
         batch = tr.collate(rows_at(tr.data.train, [0, 1, 2, 3]))
-        train_step(tr.engine, [batch, batch], cfg, world_size=2)
+        train_step(tr.engine, [batch, batch], loss_fn=tr.loss_fn, world_size=2)
         score_batches(tr.engine, [batch, batch])
-        train_step(tr.engine, [batch, batch], cfg, world_size=2)
+        train_step(tr.engine, [batch, batch], loss_fn=tr.loss_fn, world_size=2)
         out[dropout] = logits
     return out
 
