@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
 def summarise(raw: dict[str, list], *, model: str, data: str, layout: str) -> dict:
     out = {"model": model, "data": data, "layout": layout, "systems": {}}
     base = raw.get("rm_ds")
-    for system, rs in raw.items():
+    for system, rs in sorted(raw.items(), key=lambda kv: kv[0] != "rm_ds"):  # rm_ds first: the others refer to it
         per_seed: dict[int, list[float]] = {}
         for r in rs:
             per_seed.setdefault(r["seed"], []).append(r["accuracy"])
