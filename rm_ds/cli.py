@@ -7,6 +7,10 @@
     rm-ds score  --model DIR [--model DIR2 ...] [--step best] --input FILE --out FILE.jsonl|.parquet
     rm-ds serve  --model DIR [--model DIR2 ...] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
     rm-ds select --model DIR [--model DIR2 ...] --pool FILE --k N --by margin|ensemble_std|entropy [--dedupe]
+    rm-ds sample --prompts FILE --out FILE [--model builtin:smollm2 --num-responses 2 --temperature 1 --top-p 1 ...]
+    rm-ds label --gold MODEL --samples FILE --out-scored FILE [--out-pairs FILE --tie-eps 0 --margin]
+    rm-ds match --proxy MODEL --heldout FILE [--train FILE] --out DIR
+    rm-ds inspect FILE [--tokenizer builtin:minilm --max-length 256 --skip-invalid]
 
 Under ``mpirun`` add ``--mpi`` (rank, world size and master come from MPI through mpi4py)::
 
@@ -74,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--dedupe-threshold", type=float, default=0.8,
                    help="character-trigram Jaccard similarity at or above which prompts count as near-identical")
     a.add_argument("--out", required=True, help="output .jsonl (rm-ds train reads it once labels are checked)")
+    _add_proxy_commands(sub)
     return p
 
 
@@ -84,6 +89,51 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-budget", type=int, default=None, help="tokens per forward (rows x padded length)")
     p.add_argument("--allow-pad-eq-eos", action="store_true",
                    help="accept pad == eos on a last-token-pooling model (the pooled token is then ambiguous)")
+
+
+def _add_proxy_commands(sub) -> None:
+    """Issue 13's sub-commands: sample, label, match, inspect."""
+    s = sub.add_parser("sample", help="sample N responses per prompt from a causal LM (scored-responses JSONL)")
+    s.add_argument("--prompts", required=True,
+                   help="JSONL/JSON/parquet rows with 'prompt' (and 'id'), or builtin:wordnet/train|eval")
+    s.add_argument("--out", required=True, help="output JSONL (parts and resume state in OUT.parts/)")
+    s.add_argument("--model", default="builtin:smollm2", help="the policy: a causal LM folder or builtin:NAME")
+    s.add_argument("--num-responses", dest="n", type=int, default=2, help="responses per prompt")
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    s.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens per response")
+    s.add_argument("--seed", type=int, default=0, help="base seed; each prompt's seed is derived from it and its id")
+    s.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (x n rows)")
+    s.add_argument("--max-prompts", type=int, default=None, help="use only the first N distinct prompts")
+    s.add_argument("--no-chat-template", action="store_true", help="feed the prompt text without the chat template")
+    s.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")
+    lb = sub.add_parser("label", help="score sampled responses with a gold RM; write rewards and winner pairs")
+    lb.add_argument("--gold", required=True, help="the gold RM: an rm_ds export, a run directory or an HF RM folder")
+    lb.add_argument("--step", default=None, help="for a run directory: final, best or a checkpoint tag")
+    lb.add_argument("--samples", required=True, help="scored-responses JSONL (rm-ds sample)")
+    lb.add_argument("--out-scored", required=True, help="the samples with gold 'rewards' added")
+    lb.add_argument("--out-pairs", default=None, help="preference pairs: the higher gold reward is chosen")
+    lb.add_argument("--tie-eps", type=float, default=0.0, help="gold differences <= this are ties (skipped, counted)")
+    lb.add_argument("--margin", action="store_true", help="write the gold difference as each pair's 'margin'")
+    lb.add_argument("--objective", type=int, default=None, help="multi-objective gold RM: the column to use")
+    m = sub.add_parser("match", help="proxy vs gold agreement, correlations, spread, scatter plots, diagnosis")
+    m.add_argument("--proxy", required=True, help="the proxy RM: an rm_ds export, a run directory or an HF RM folder")
+    m.add_argument("--step", default=None, help="for a run directory: final, best or a checkpoint tag")
+    m.add_argument("--heldout", required=True, help="gold-labelled scored-responses JSONL of held-out prompts")
+    m.add_argument("--train", default=None, help="gold-labelled scored-responses JSONL of the training prompts")
+    m.add_argument("--out", required=True, type=Path, help="folder for match.json, scatter PNGs and tb/")
+    m.add_argument("--tie-eps", type=float, default=0.0, help="gold differences <= this are not counted as pairs")
+    i = sub.add_parser("inspect", help="the load summary of a dataset (pairs or scored responses), without training")
+    i.add_argument("file", help="a pair file (.jsonl/.json/.parquet, builtin:wordnet/train) or scored-responses JSONL")
+    i.add_argument("--tokenizer", default="builtin:minilm", help="tokenizer for truncation and lengths ('' skips)")
+    i.add_argument("--max-length", type=int, default=256, help="token cap per sequence, as data.max_length")
+    i.add_argument("--chat-template", action="store_true", help="render text pairs through the chat template")
+    i.add_argument("--skip-invalid", action="store_true", help="exit 0 even when rows are invalid")
+    i.add_argument("--prompt-field", default="prompt", help="as data.prompt_field")
+    i.add_argument("--chosen-field", default="chosen", help="as data.chosen_field")
+    i.add_argument("--rejected-field", default="rejected", help="as data.rejected_field")
+    i.add_argument("--margin-field", default=None, help="as data.margin_field")
+    i.add_argument("--tie-eps", type=float, default=0.0, help="scored files: gold differences <= this are ties")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +157,35 @@ def main(argv: list[str] | None = None) -> None:
         from rm_ds.compare import main as compare_main
 
         sys.exit(compare_main(args.runs, out=args.out))
+    elif args.command == "sample":
+        from rm_ds.sampling import SampleError
+        from rm_ds.sampling import main as sample_main
+
+        try:
+            sys.exit(sample_main(args))
+        except SampleError as e:
+            sys.exit(f"rm-ds sample: {e}")
+    elif args.command in ("label", "match"):
+        from rm_ds.label import LabelError
+
+        module = __import__(f"rm_ds.{args.command}", fromlist=["main"])
+        try:
+            sys.exit(module.main(args))
+        except (LabelError, FileNotFoundError) as e:
+            sys.exit(f"rm-ds {args.command}: {e}")
+        except ModuleNotFoundError as e:
+            if e.name != "rm_ds.scoring":
+                raise
+            sys.exit(f"rm-ds {args.command}: needs rm_ds/scoring.py (contract 3, issue 12), not in this checkout yet")
+    elif args.command == "inspect":
+        from rm_ds.data import DataError
+        from rm_ds.inspect_data import main as inspect_main
+        from rm_ds.label import LabelError
+
+        try:
+            sys.exit(inspect_main(args))
+        except (DataError, LabelError) as e:
+            sys.exit(f"rm-ds inspect: {e}")
     elif args.command == "export":
         from rm_ds.export import export_run
 

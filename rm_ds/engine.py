@@ -108,6 +108,8 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
     ``loss_fn(chosen, rejected, batch)`` returns the per-pair loss; the step masks filler pairs and
     reduces it once by the global pair count.
     """
+    # from_pretrained returns the model in eval mode and scoring switches to it: dropout needs train mode
+    engine.train()
     local_pairs = sum(b["n_pairs"] for b in micro_batches)
     global_pairs = float(dist.all_reduce_sum([local_pairs])[0])  # the one all-reduce of counts
     if global_pairs <= 0:
