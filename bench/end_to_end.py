@@ -181,8 +181,8 @@ def prepare(work: Path, *, models: list[str], datasets: list[str], n_train: int,
     files = {}
     for d in datasets:
         if d == "wordnet":
-            read = lambda split: [json.loads(x) for x in open(resolve_data_path(
-                f"builtin:wordnet/{split}", builtin_dir=rm_ds_home() / "data"))]  # noqa
+            read = lambda split: [json.loads(x) for x in open(resolve_data_path(  # noqa: E731
+                f"builtin:wordnet/{split}", builtin_dir=rm_ds_home() / "data"))]
             train, ev = read("train"), read("eval")
         else:
             train, ev = pydoc_pairs()
@@ -320,9 +320,10 @@ def free_port() -> int:
 
 def run_one(system: str, *, procs: int, threads: int, model: str, model_path: str, data: dict, seed: int,
             work: Path, extra: list[str], dropout: float) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "DS_ACCELERATOR": "cpu",
-           "TORCHDYNAMO_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(REPO)}
+    from rm_ds.runtime_env import RUNTIME  # launch/env.sh's CPU environment, then this run's thread count
+
+    env = {**os.environ, **RUNTIME, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
         env.pop(k, None)
     tag = f"{system}-{model}-{procs}x{threads}-s{seed}-{time.monotonic_ns()}"
@@ -382,7 +383,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--datasets", default="wordnet,pydoc", help="comma list of wordnet, pydoc")
     ap.add_argument("--layouts", default="1x2,2x1", help="comma list of PROCESSESxTHREADS")
     ap.add_argument("--systems", default="rm_ds,trl_ddp",
-                    help="comma list of " + ", ".join(SYSTEMS) + " (trl_zero2 does not run on CPU yet: see the docstring)")
+                    help="comma list of " + ", ".join(SYSTEMS)
+                    + " (trl_zero2 does not run on CPU yet: see the docstring)")
     ap.add_argument("--max-pairs", type=int, default=3000, help="training pairs per run (one epoch)")
     ap.add_argument("--eval-pairs", type=int, default=1000, help="held-out pairs scored at the end")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (speed: medians)")

@@ -98,7 +98,8 @@ def score_rows(rows: list[dict], score: ScoreFn, *, objective: int | None = None
                 raise LabelError(f"--objective: {objective} is not in 0..{out.shape[1] - 1}")
             out = out[:, objective]
     if out.shape != (len(order),):
-        raise LabelError(f"the gold model returned {out.shape[0] if out.ndim else 0} rewards for {len(order)} responses")
+        got = out.shape[0] if out.ndim else 0
+        raise LabelError(f"the gold model returned {got} rewards for {len(order)} responses")
     if not np.all(np.isfinite(out)):
         bad = [order[i] for i in np.flatnonzero(~np.isfinite(out))[:3]]
         raise LabelError(f"the gold model returned non-finite rewards (first at {bad})")
