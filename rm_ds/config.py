@@ -114,6 +114,26 @@ class DataConfig:
     """Score each pair as one row [prompt|chosen|rejected] with a block mask (last-token decoder models only)."""
     packing: bool = False
     """Pack several pairs into one row with no padding; train.token_budget then caps the row's real tokens."""
+    format: Literal["auto", "pairs", "hh", "shp", "ultrafeedback", "helpsteer", "scored"] = "auto"
+    """Input shape (rm_ds/formats.py): auto detects it from the columns; the choice is logged and kept in the run."""
+    pref_field: str | None = None
+    """pairs: column with a preference probability p in [0, 1] (1 = chosen preferred, 0.5 = tie)."""
+    ties: Literal["skip", "train"] = "skip"
+    """Tied pairs (equal ratings/rewards): skip them (counted) or train on them with p = 0.5."""
+    tie_eps: float = 0.0
+    """Two ratings or rewards within this distance are a tie."""
+    pairing: Literal["best_vs_worst", "best_vs_random", "all_pairs"] = "best_vs_worst"
+    """Pairs from several rated responses per prompt (UltraFeedback raw, HelpSteer ratings, scored)."""
+    pairing_seed: int = 0
+    """Seed of best_vs_random's draw (per prompt, independent of row order)."""
+    min_score_ratio: float | None = None
+    """SHP: drop pairs whose score ratio is below this (counted); the SHP authors train on >= 2."""
+    ultrafeedback_score: Literal["overall", "fine_grained"] = "overall"
+    """UltraFeedback raw: rank completions by overall_score or fine-grained_score (mean rating)."""
+    helpsteer_attribute: str = "helpfulness"
+    """HelpSteer per-response ratings: the attribute whose rating orders responses to one prompt."""
+    strength: Literal["hard", "p", "margin"] = "p"
+    """HelpSteer preference strength s of max S: hard (p = 1), p (p = 0.5 + s / 2S) or margin (margin = s)."""
 
 
 @dataclass
@@ -270,6 +290,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.lora.r >= 1, "lora.r", "must be >= 1")
     _check(cfg.lora.head_lr is None or cfg.lora.head_lr > 0, "lora.head_lr", "must be > 0 or null")
     _check(d.num_proc >= 1, "data.num_proc", "must be >= 1")
+    _check(d.tie_eps >= 0, "data.tie_eps", "must be >= 0")
+    _check(d.min_score_ratio is None or d.min_score_ratio >= 1, "data.min_score_ratio", "must be >= 1 or null")
     if d.prefix_sharing or d.packing:  # rows hold both responses of a pair: up to 2 x max_length real tokens
         _check(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation",
                "data.prefix_sharing/packing pass a 4-D block mask, which needs sdpa or eager")

@@ -110,7 +110,8 @@ def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: in
         engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
         chosen, rejected = rewards(engine, batch)
         per_pair = bt_loss(chosen, rejected, beta=lc.beta, margin=batch["margin"],
-                           label_smoothing=lc.label_smoothing, weight=batch["weight"], reward_l2=lc.reward_l2)
+                           label_smoothing=lc.label_smoothing, weight=batch["weight"], reward_l2=lc.reward_l2,
+                           pref=batch.get("pref"))
         mask = batch["pair_mask"]
         # scale the summed loss so the accumulated, rank-averaged gradient is the mean over all pairs
         engine.backward((per_pair * mask).sum() * scale, scale_wrt_gas=False)

@@ -73,9 +73,10 @@ def compute_metrics(scores: EvalScores, ds, cfg: Config, *, temperature: float |
         sources = None
     margin = np.asarray(ds["margin"], dtype=np.float64)[scores.index] if "margin" in cols else 0.0
     weight = np.asarray(ds["weight"], dtype=np.float64)[scores.index] if "weight" in cols else None
+    pref = np.asarray(ds["pref"], dtype=np.float64)[scores.index] if "pref" in cols else None
     resp_len = lambda col: np.array([len(x) for x in ds[col]], dtype=np.float64)[scores.index]  # noqa: E731
     return pairwise_metrics(scores.chosen, scores.rejected, beta=cfg.loss.beta, margin=margin,
                             label_smoothing=cfg.loss.label_smoothing, weight=weight, reward_l2=cfg.loss.reward_l2,
                             n_bins=cfg.eval.ece_bins, thresholds=cfg.eval.thresholds, sources=sources,
                             chosen_len=resp_len("chosen_ids"), rejected_len=resp_len("rejected_ids"),
-                            temperature=temperature)
+                            temperature=temperature, pref=pref)

@@ -58,6 +58,7 @@ __all__ = [
     "RowError",
     "convert",
     "detect_format",
+    "format_options",
     "group_rows",
     "pair_indices",
     "parse_hh",
@@ -94,6 +95,14 @@ class FormatOptions:
     """HelpSteer strength -> label: hard | p | margin (rule in the module docstring)."""
     pref_field: str | None = None
     """pairs: column holding a preference probability p in [0, 1] (1 = chosen preferred)."""
+
+
+def format_options(data_cfg: Any) -> FormatOptions:
+    """The FormatOptions of a ``DataConfig`` (its keys of the same meaning)."""
+    d = data_cfg
+    return FormatOptions(ties=d.ties, tie_eps=d.tie_eps, pairing=d.pairing, seed=d.pairing_seed,
+                         min_score_ratio=d.min_score_ratio, score=d.ultrafeedback_score,
+                         helpsteer_attribute=d.helpsteer_attribute, strength=d.strength, pref_field=d.pref_field)
 
 
 class RowError(Exception):

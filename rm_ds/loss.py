@@ -3,11 +3,14 @@
 For pair i with rewards r_c (chosen) and r_r (rejected)::
 
     z_i    = beta * (r_c - r_r) - margin_i
-    loss_i = weight_i * ((1 - eps) * -log sigmoid(z_i) + eps * -log sigmoid(-z_i))
+    q_i    = (1 - eps) * p_i + eps * (1 - p_i)
+    loss_i = weight_i * (q_i * -log sigmoid(z_i) + (1 - q_i) * -log sigmoid(-z_i))
              + lambda * (r_c^2 + r_r^2) / 2
 
-``eps`` is label smoothing (the probability the preference label is flipped) and ``lambda`` the
-reward-magnitude regulariser, which keeps rewards centred near zero (it is added: it penalises).
+``p_i`` is the pair's preference probability (``batch["pref"]``; 1 = chosen preferred, the hard
+label, 0.5 = a tie; absent means 1), ``eps`` label smoothing (the probability the label is flipped)
+and ``lambda`` the reward-magnitude regulariser, which keeps rewards centred near zero (it is added:
+it penalises). At p = 1 this is exactly the plain Bradley-Terry loss ``-log sigmoid(z)``.
 """
 
 from __future__ import annotations
@@ -25,17 +28,25 @@ def bt_loss(
     label_smoothing: float = 0.0,
     weight: torch.Tensor | float = 1.0,
     reward_l2: float = 0.0,
+    pref: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-pair loss vector of shape (B,) for chosen/rejected rewards of shape (B,).
 
-    -log sigmoid(z) is computed as softplus(-z), stable for large |z|.
+    -log sigmoid(z) is computed as softplus(-z), stable for large |z|. ``pref`` (B,) is the soft
+    label p; None is p = 1 everywhere (and computes exactly what it always did).
     """
     if chosen.shape != rejected.shape or chosen.dim() != 1:
         raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} must be equal 1-D shapes")
     z = beta * (chosen - rejected) - margin
-    nll = F.softplus(-z)
-    if label_smoothing:
-        nll = (1.0 - label_smoothing) * nll + label_smoothing * F.softplus(z)
+    if pref is None:
+        nll = F.softplus(-z)
+        if label_smoothing:
+            nll = (1.0 - label_smoothing) * nll + label_smoothing * F.softplus(z)
+    else:
+        q = pref.to(z.dtype)
+        if label_smoothing:
+            q = (1.0 - label_smoothing) * q + label_smoothing * (1.0 - q)
+        nll = q * F.softplus(-z) + (1.0 - q) * F.softplus(z)
     loss = weight * nll
     if reward_l2:
         loss = loss + reward_l2 * 0.5 * (chosen.square() + rejected.square())

@@ -44,7 +44,7 @@ The same two pairs packed into one row (no padding, positions restart per pair):
 Packing without sharing lays out ``[P|C][P|R]`` per pair. Every batch carries ``layout``
 (``"rows"``: one row per pair, ``"packed"``: several pairs per row), ``input_ids``, ``position_ids``
 (R, T), a bool ``attention_mask`` (R, 1, T, T), ``chosen_index``/``rejected_index`` (B,) into the
-flattened (R*T) per-token outputs, the per-pair ``margin``/``weight``/``pair_mask``, and the counts
+flattened (R*T) per-token outputs, the per-pair ``margin``/``weight``/``pref``/``pair_mask``, and the counts
 ``n_pairs``, ``real_tokens`` (non-pad tokens computed), ``computed_tokens`` (R*T) and
 ``unshared_tokens`` (what the padded layout would compute as real tokens: ``2P + C + R`` per pair).
 ``rm_ds.model.rewards`` turns the bool mask into the form the attention implementation needs
@@ -220,6 +220,7 @@ def collate_layout(rows: Sequence[dict], *, prefix_sharing: bool, packing: bool,
         "rejected_index": torch.tensor(score["rejected"], dtype=torch.long),
         "margin": torch.tensor([float(r.get("margin", 0.0)) for r in rows]),
         "weight": torch.tensor([float(r.get("weight", 1.0)) for r in rows]),
+        "pref": torch.tensor([float(r.get("pref", 1.0)) for r in rows]),
         "pair_mask": pair_mask,
         "n_pairs": int(pair_mask.sum().item()),
         "real_tokens": sum(sizes) if real else 0,

@@ -10,6 +10,7 @@ shut down. All rank logic is in ``rm_ds.dist``; every rank runs the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from rm_ds.builtin import rm_ds_home
 from rm_ds.collate import make_collate
 from rm_ds.config import Config, build_ds_config, save_config
 from rm_ds.data import load_pairs
+from rm_ds.formats import format_options
 from rm_ds.engine import build_engine, model_build_context, train_step
 from rm_ds.evaluate import compute_metrics, gather_scores
 from rm_ds.metrics import fit_temperature
@@ -43,7 +45,7 @@ from rm_ds.tracking import RunLogger, peak_rss_mib
 
 log = logging.getLogger("rm_ds")
 
-ROW_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "margin", "weight"]
+ROW_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "margin", "weight", "pref"]
 
 
 @dataclass
@@ -51,6 +53,8 @@ class PreparedData:
     train: object
     eval: object | None
     notes: list[str]
+    reports: list[dict] = dataclasses.field(default_factory=list)
+    """Per split: the LoadReport (format and why, counts, skips, filters, ties) and tokenisation counts."""
 
 
 def resolve_data_path(path: str) -> str:
@@ -85,40 +89,48 @@ def source_digest(path: str, **options) -> str:
 
 
 def load_split(cfg: Config, tokenizer, path: str, *, split: str, max_pairs: int | None):
+    """(tokenised pairs, load note) of one split."""
+    tok, note, _ = load_split_with_report(cfg, tokenizer, path, split=split, max_pairs=max_pairs)
+    return tok, note
+
+
+def load_split_with_report(cfg: Config, tokenizer, path: str, *, split: str, max_pairs: int | None):
     d = cfg.data
     ds, report = load_pairs(resolve_data_path(path), split=split, prompt_field=d.prompt_field,
                             chosen_field=d.chosen_field, rejected_field=d.rejected_field, id_field=d.id_field,
                             margin_field=d.margin_field, weight_field=d.weight_field, source_field=d.source_field,
-                            skip_invalid=d.skip_invalid, max_pairs=max_pairs)
+                            skip_invalid=d.skip_invalid, max_pairs=max_pairs, format=d.format,
+                            options=format_options(d))
     opts = TokenizeOptions(max_length=d.max_length, overlong=d.overlong, chat_template=d.chat_template,
                            response_separator=d.response_separator)
     key = cache_key(source_digest(resolve_data_path(path), split=split, skip_invalid=d.skip_invalid,
                                   max_pairs=max_pairs, fields=(d.prompt_field, d.chosen_field, d.rejected_field,
                                                                d.id_field, d.margin_field, d.weight_field,
-                                                               d.source_field)), tokenizer, opts)
+                                                               d.source_field),
+                                  format=(d.format, format_options(d))), tokenizer, opts)
     tok, treport = tokenize_pairs(ds, tokenizer, opts, num_proc=d.num_proc,
                                   cache_file=str(rm_ds_home() / "cache" / "tokenized" / f"{key}.arrow"))
-    skipped = sum(report.skipped.values())
-    note = f"{path}: {report.n_loaded} valid of {report.n_rows} rows" + (
-        f" ({skipped} skipped: {dict(report.skipped)})" if skipped else "") + f"; tokenized {treport.summary()}"
+    note = f"{path}: {report.summary()}; tokenized {treport.summary()}"
     if len(tok) == 0:
         raise ValueError(f"{path}: no pairs left after tokenization ({treport.summary()})")
-    return tok, note
+    return tok, note, {"path": path, "split": split, **dataclasses.asdict(report), "tokenized": treport.counts}
 
 
 def prepare_data(cfg: Config, tokenizer, info: dist.DistInfo, *, training: bool = True) -> PreparedData:
     with dist.main_rank_first(info):  # rank 0 fills the datasets cache; the others read it
-        train, notes = None, []
+        train, notes, reports = None, [], []
         if training:
-            train, n1 = load_split(cfg, tokenizer, cfg.data.train_path, split=cfg.data.train_split,
-                                   max_pairs=cfg.data.max_train_pairs)
+            train, n1, r1 = load_split_with_report(cfg, tokenizer, cfg.data.train_path,
+                                                   split=cfg.data.train_split, max_pairs=cfg.data.max_train_pairs)
             notes.append(n1)
+            reports.append(r1)
         ev = None
         if cfg.data.eval_path:
-            ev, n2 = load_split(cfg, tokenizer, cfg.data.eval_path, split=cfg.data.eval_split,
-                                max_pairs=cfg.data.max_eval_pairs)
+            ev, n2, r2 = load_split_with_report(cfg, tokenizer, cfg.data.eval_path, split=cfg.data.eval_split,
+                                                max_pairs=cfg.data.max_eval_pairs)
             notes.append(n2)
-    return PreparedData(train=train, eval=ev, notes=notes)
+            reports.append(r2)
+    return PreparedData(train=train, eval=ev, notes=notes, reports=reports)
 
 
 def rows_at(ds, idx: list[int]) -> list[dict]:
@@ -156,7 +168,8 @@ def evaluate_and_log(tr: "Trainer", step: int) -> dict[str, float]:
     scores = gather_scores(tr.engine, ds, cfg, rank=tr.info.rank, world_size=tr.info.world_size,
                            collate=tr.collate)
     margins = scores.chosen - scores.rejected
-    temperature = fit_temperature(margins, beta=cfg.loss.beta)
+    pref = np.asarray(ds["pref"], dtype=np.float64)[scores.index] if "pref" in ds.column_names else None
+    temperature = fit_temperature(margins, beta=cfg.loss.beta, pref=pref)
     metrics = compute_metrics(scores, ds, cfg, temperature=temperature)
     metrics["temperature"] = temperature
     improved = tr.stopper.update(step, metrics)
@@ -245,6 +258,8 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Trainer
     data = prepare_data(cfg, tokenizer, info, training=training)
     for n in data.notes:
         log.info(n)
+    if info.is_main:  # the formats load_pairs chose (data.format=auto) and every count, kept with the run
+        (run_dir / "data.json").write_text(json.dumps(data.reports, indent=1, default=str))
 
     # every rank computes the same plan and takes its part
     t = cfg.train
