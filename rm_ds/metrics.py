@@ -326,7 +326,7 @@ def _calibration(z: np.ndarray, n_bins: int, suffix: str = "", pref: np.ndarray 
     p = _sigmoid(z)
     q = _sigmoid(-z)  # 1 - p without cancellation
     prob = np.concatenate([p, q])
-    if pref is not None:  # soft labels: (p, y) and (1 - p, 1 - y); Brier and NLL against y
+    if pref is not None and not np.all(pref == 1.0):  # soft labels: (p, y), (1 - p, 1 - y); Brier, NLL vs y
         y = pref
         label = np.concatenate([y, 1.0 - y])
         return {

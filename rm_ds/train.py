@@ -198,8 +198,10 @@ def save_eval_artifacts(logger: RunLogger, step: int, scores, ds, metrics: dict,
     sub = f"eval/step_{step:06d}"
     ids = list(ds["pair_id"])
     sources = list(ds["source"]) if "source" in ds.column_names else [""] * len(ids)
+    where = {c: list(ds[c]) for c in ("file", "row", "pref") if c in ds.column_names}  # provenance of each pair
     logger.write_json(f"{sub}/reward_distributions.json", {
         "step": step, "pair_id": [ids[i] for i in scores.index], "source": [sources[i] for i in scores.index],
+        **{c: [v[i] for i in scores.index] for c, v in where.items()},
         "chosen": scores.chosen.tolist(), "rejected": scores.rejected.tolist()})
     logger.write_json(f"{sub}/calibration.json", calibration)
     logger.write_json(f"{sub}/metrics.json", metrics)

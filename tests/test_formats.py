@@ -323,3 +323,102 @@ def test_pref_travels_through_every_layout() -> None:
         b = make_collate(prefix_sharing=shared, packing=packed, pad_id=0, eos_id=2)(rows)
         assert b["pref"].tolist() == pytest.approx([0.5, 0.9])
         assert make_collate(prefix_sharing=shared, packing=packed, pad_id=0, eos_id=2)([])["pref"].tolist() == [1.0]
+
+
+# ---------------------------------------------------------------- end to end: rm-ds train on each format
+
+def _e2e_files(root: Path) -> dict[str, str]:
+    """A handful of rows in every shape (text shapes for the plain tiny model, chat shapes for a templated one)."""
+    n = 6
+    files = {
+        "shp": write_jsonl(root / "shp.jsonl", [shp_row(f"p{i}", f"good answer {i}", f"bad {i}", i % 2, 9, 3,
+                                                        "askscience") for i in range(n)]),
+        "ultrafeedback": write_jsonl(root / "uf.jsonl", [uf_raw(f"Say hi {i}", [(f"hello {i}", 9.0), (f"no {i}", 2.0),
+                                                                               (f"hi {i}", 9.0)]) for i in range(n)]),
+        "helpsteer": write_jsonl(root / "hs.jsonl", [{"prompt": f"Q{i // 2}", "response": f"resp {i}",
+                                                      "helpfulness": i % 3} for i in range(2 * n)]),
+        "hh": write_jsonl(root / "hh.jsonl", [{"chosen": f"\n\nHuman: Hi {i}\n\nAssistant: Hello\n\nHuman: Colour?"
+                                                         f"\n\nAssistant: Blue {i}",
+                                               "rejected": f"\n\nHuman: Hi {i}\n\nAssistant: Hello\n\nHuman: Colour?"
+                                                           f"\n\nAssistant: No."} for i in range(n)]),
+        "ufb": write_jsonl(root / "ufb.jsonl", [{"prompt": f"Q{i}", "prompt_id": f"q{i}",
+                                                 "chosen": [user(f"Q{i}"), bot(f"yes {i}")],
+                                                 "rejected": [user(f"Q{i}"), bot("no")],
+                                                 "score_chosen": 8.0, "score_rejected": 8.0 if i == 0 else 3.0}
+                                                for i in range(n)]),
+    }
+    gold = root / "gold"
+    gold.mkdir()
+    (gold / "prompts.json").write_text(json.dumps([f"prompt {i}" for i in range(n)]))
+    (gold / "responses.json").write_text(json.dumps([{"response_1": f"a {i}", "response_2": f"b {i}"}
+                                                     for i in range(n)]))
+    (gold / "rewards.json").write_text(json.dumps([[0.5 * i, 1.0] for i in range(n)]))
+    return {k: str(v) for k, v in files.items()} | {"scored": str(gold)}
+
+
+def _templated_tiny_llama(root: Path) -> str:
+    """builtin:tiny-llama with a minimal chat template, so chat-format data (HH, UltraFeedback) tokenises."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from rm_ds.builtin import resolve_model
+
+    out = root / "tiny-chat"
+    shutil.copytree(resolve_model("builtin:tiny-llama"), out)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} [SEP] {% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def _run_train(args: list[str], *, launcher: bool) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.harness import ENV, free_port
+
+    cmd = [sys.executable, "-m", "rm_ds.cli"]
+    if launcher:
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "--module", "rm_ds.cli"]
+    tiny = ["train", "--config", "tiny", "train.max_steps=2", "train.global_batch_pairs=4", "eval.every_steps=0",
+            "train.export=false"]
+    proc = subprocess.run([*cmd, *tiny, *args], env={**os.environ, **ENV}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== rm_ds training finished ==" in proc.stdout
+
+
+@pytest.mark.parametrize(("train", "eval_", "extra"), [
+    ("shp", "ultrafeedback", ["data.pairing=all_pairs", "data.ties=train"]),
+    ("helpsteer", "scored", ["data.strength=margin"]),
+])
+def test_rm_ds_train_on_text_formats(tmp_path: Path, train: str, eval_: str, extra: list[str]) -> None:
+    files = _e2e_files(tmp_path)
+    run = tmp_path / "run"
+    _run_train([f"data.train_path={files[train]}", f"data.eval_path={files[eval_]}", f"logging.run_dir={run}",
+                *extra], launcher=False)
+    report = json.loads((run / "data.json").read_text())
+    assert [r["format"] for r in report] == [train, eval_]
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in evals if r["split"] == "eval"][-1]
+    if eval_ == "ultrafeedback":  # 3 responses, two tied at 9: 3 pairs per prompt, 1 tie each, kept at p = 0.5
+        assert last["n_pairs"] == 18 and last["tie_rate"] == pytest.approx(1 / 3)
+    else:  # scored folder: one pair per prompt, prompt 2 ties (1.0 vs 1.0) and is skipped
+        assert last["n_pairs"] == 5 and report[1]["filtered"] == {"tie (data.ties=skip)": 1}
+    scores = json.loads(next((run / "eval").glob("step_*/reward_distributions.json")).read_text())
+    assert len(scores["pair_id"]) == last["n_pairs"]
+
+
+def test_rm_ds_train_on_hh_under_the_deepspeed_launcher(tmp_path: Path) -> None:
+    files = _e2e_files(tmp_path)
+    run = tmp_path / "run"
+    _run_train([f"model.name_or_path={_templated_tiny_llama(tmp_path)}", f"data.train_path={files['hh']}",
+                f"data.eval_path={files['ufb']}", f"logging.run_dir={run}", "data.ties=train"], launcher=True)
+    report = json.loads((run / "data.json").read_text())
+    assert [(r["format"], r["n_loaded"], r["n_ties"]) for r in report] == [("hh", 6, 0), ("ultrafeedback", 6, 1)]
+    last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x][-1]
+    assert last["n_pairs"] == 6 and last["tie_rate"] == pytest.approx(1 / 6)
