@@ -11,9 +11,10 @@ A run killed while saving leaves a directory without ``COMPLETE``; ``latest`` st
 good checkpoint, and ``find_resume`` skips incomplete directories. Retention keeps the last
 ``train.keep_checkpoints`` plus the best step's checkpoint.
 
-Trainer state: step, sampler position (epoch, step in epoch), early-stopping state (best metric and
-counter), world size (a resume on another world size would change the global batches, so it is
-refused), and a hash of the training-relevant config.
+Run state (``rm_ds.run_state.RunState``): step, sampler position (epoch, step in epoch),
+early-stopping state (best metric and counter) and RNG; plus the world size (a resume on another
+world size would change the global batches, so it is refused) and a hash of the training-relevant
+config. The layout and the engine-free readers are in ``rm_ds.checkpoint_files``.
 """
 
 from __future__ import annotations
@@ -22,32 +23,24 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import signal
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from rm_ds import dist
+from rm_ds.checkpoint_files import COMPLETE, LATEST, checkpoint_root, complete_tags, find_resume, read_state, tag_for
 from rm_ds.config import config_to_dict
 from rm_ds.engine import load_checkpoint, save_checkpoint
+from rm_ds.run_state import RunState
+
+__all__ = ["COMPLETE", "LATEST", "checkpoint_root", "complete_tags", "config_hash", "fault", "find_resume", "prune",
+           "restore", "save", "tag_for"]
 
 log = logging.getLogger(__name__)
-
-COMPLETE = "COMPLETE"
-LATEST = "latest"
 # Sections that may change between a run and its resume without changing what is trained.
 _RESUME_FREE = ("logging", "resume", "eval")
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def config_hash(cfg) -> str:
@@ -71,30 +64,29 @@ def fault(point: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save(tr, *, best_step: int | None) -> Path:
-    """Checkpoint the trainer at ``tr.step`` on every rank; rank 0 marks it complete and prunes."""
-    root = checkpoint_root(tr.cfg.logging.run_dir)
-    tag = tag_for(tr.step)
-    state = {"step": tr.step, "sampler": tr.sampler.state_dict(), "stopper": tr.stopper.state_dict(),
-             "world_size": tr.info.world_size, "config_hash": config_hash(tr.cfg)}
-    save_checkpoint(tr.engine, str(root), tag, {"rm_ds": state})
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    torch.save(rng, root / tag / f"rng_rank{tr.info.rank}.pt")
+def save(engine, state: RunState, *, run_dir: str | Path, rank: int, world_size: int, cfg_hash: str,
+         keep_last: int) -> Path:
+    """Checkpoint ``engine`` and ``state`` at ``state.step`` on every rank; rank 0 marks it complete and
+    prunes to the last ``keep_last`` plus the best step's checkpoint."""
+    root = checkpoint_root(run_dir)
+    tag = tag_for(state.step)
+    full = state.state_dict()
+    rng = full.pop("rng")
+    saved = {**full, "world_size": world_size, "config_hash": cfg_hash}
+    save_checkpoint(engine, str(root), tag, {"rm_ds": saved})
+    torch.save(rng, root / tag / f"rng_rank{rank}.pt")
     dist.barrier()
-    fault("in_save", tr.step)
-    if tr.info.is_main:
-        (root / tag / COMPLETE).write_text(json.dumps(state) + "\n")
+    fault("in_save", state.step)
+    if rank == 0:
+        (root / tag / COMPLETE).write_text(json.dumps(saved) + "\n")
         tmp = root / f".{LATEST}.tmp"
         tmp.write_text(tag + "\n")
         os.replace(tmp, root / LATEST)
-        prune(root, keep_last=tr.cfg.train.keep_checkpoints, keep={tag_for(best_step)} if best_step else set())
+        best = state.best_step
+        prune(root, keep_last=keep_last, keep={tag_for(best)} if best else set())
     dist.barrier()
     log.info("checkpoint %s saved", root / tag)
     return root / tag
-
-
-def complete_tags(root: Path) -> list[str]:
-    return sorted(p.name for p in root.glob("step_*") if (p / COMPLETE).exists())
 
 
 def prune(root: Path, *, keep_last: int, keep: set[str]) -> None:
@@ -106,44 +98,18 @@ def prune(root: Path, *, keep_last: int, keep: set[str]) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def find_resume(cfg) -> tuple[Path, str] | None:
-    """The checkpoint ``cfg.resume`` asks for: (root, tag), or None to start fresh."""
-    if cfg.resume == "none":
-        return None
-    if cfg.resume != "auto":
-        p = Path(cfg.resume)
-        if not (p / COMPLETE).exists():
-            raise FileNotFoundError(f"resume: {p} is not a complete rm_ds checkpoint (no {COMPLETE} file)")
-        return p.parent, p.name
-    root = checkpoint_root(cfg.logging.run_dir)
-    tags = complete_tags(root) if root.is_dir() else []
-    if not tags:
-        return None
-    latest = (root / LATEST).read_text().strip() if (root / LATEST).exists() else None
-    if latest in tags:
-        return root, latest
-    log.warning("resume: %s names no complete checkpoint; using %s", root / LATEST, tags[-1])
-    return root, tags[-1]
-
-
-def restore(tr, root: Path, tag: str) -> None:
-    """Load DeepSpeed states and the trainer state saved at ``tag`` into ``tr``."""
-    state = json.loads((root / tag / COMPLETE).read_text())
-    if state["world_size"] != tr.info.world_size:
-        raise RuntimeError(f"resume: {root / tag} was written by {state['world_size']} ranks and this run has "
-                           f"{tr.info.world_size}; the global batches would differ, so an exact resume is "
-                           f"impossible. Resume with {state['world_size']} ranks, or start a new run.")
-    if state["config_hash"] != config_hash(tr.cfg):
+def restore(engine, state: RunState, root: Path, tag: str, *, rank: int, world_size: int, cfg_hash: str) -> None:
+    """Load DeepSpeed states into ``engine`` and the run state saved at ``tag`` into ``state``."""
+    saved = read_state(root, tag)
+    if saved["world_size"] != world_size:
+        raise RuntimeError(f"resume: {root / tag} was written by {saved['world_size']} ranks and this run has "
+                           f"{world_size}; the global batches would differ, so an exact resume is "
+                           f"impossible. Resume with {saved['world_size']} ranks, or start a new run.")
+    if saved["config_hash"] != cfg_hash:
         log.warning("resume: the training config differs from the one %s was written with", tag)
-    load_checkpoint(tr.engine, str(root), tag)
-    tr.step = state["step"]
-    tr.sampler.load_state_dict(state["sampler"])
-    tr.stopper.load_state_dict(state["stopper"])
-    rng_file = root / tag / f"rng_rank{tr.info.rank}.pt"
-    if rng_file.exists():
-        rng = torch.load(rng_file, weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-    log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", root / tag, tr.step,
-             state["sampler"]["epoch"], state["sampler"]["step"])
+    load_checkpoint(engine, str(root), tag)
+    rng_file = root / tag / f"rng_rank{rank}.pt"
+    rng = torch.load(rng_file, weights_only=False) if rng_file.exists() else None
+    state.load_state_dict({**saved, "rng": rng})
+    log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", root / tag, state.step,
+             saved["sampler"]["epoch"], saved["sampler"]["step"])

@@ -23,6 +23,8 @@ class DistInfo:
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: int
+    """Ranks on this node (LOCAL_WORLD_SIZE from the launcher or MPI; the world size when unset)."""
 
     @property
     def is_main(self) -> bool:
@@ -92,8 +94,9 @@ def _mpi_env() -> dict[str, str]:
 
 def current() -> DistInfo:
     """The DistInfo of an already initialised process group."""
-    return DistInfo(rank=tdist.get_rank(), world_size=tdist.get_world_size(),
-                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    world = tdist.get_world_size()
+    return DistInfo(rank=tdist.get_rank(), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                    local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def _skip_shm_comm_build() -> None:
@@ -155,14 +158,6 @@ def gather_rows(local: torch.Tensor) -> torch.Tensor:
     blocks = [torch.empty_like(padded) for _ in range(world)]
     tdist.all_gather(blocks, padded)
     return torch.cat([b[:s] for b, s in zip(blocks, sizes)], dim=0)
-
-
-def gather_objects(obj) -> list:
-    if not (tdist.is_initialized() and tdist.get_world_size() > 1):
-        return [obj]
-    out = [None] * tdist.get_world_size()
-    tdist.all_gather_object(out, obj)
-    return out
 
 
 def barrier() -> None:

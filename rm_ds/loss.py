@@ -15,8 +15,15 @@ it penalises). At p = 1 this is exactly the plain Bradley-Terry loss ``-log sigm
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+from rm_ds.config import LossConfig
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
+"""``loss_fn(chosen, rejected, batch) -> per-pair loss (B,)``; per-pair inputs come from the collated batch."""
 
 
 def bt_loss(
@@ -51,3 +58,15 @@ def bt_loss(
     if reward_l2:
         loss = loss + reward_l2 * 0.5 * (chosen.square() + rejected.square())
     return loss
+
+
+def make_loss_fn(cfg: LossConfig) -> LossFn:
+    """The configured loss as ``loss_fn(chosen, rejected, batch)``, reading ``batch["margin"]``,
+    ``batch["weight"]`` and ``batch["pref"]`` (one value per pair; no ``pref``: p = 1); the engine
+    calls it and never names a loss."""
+
+    def loss_fn(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict) -> torch.Tensor:
+        return bt_loss(chosen, rejected, beta=cfg.beta, margin=batch["margin"], label_smoothing=cfg.label_smoothing,
+                       weight=batch["weight"], reward_l2=cfg.reward_l2, pref=batch.get("pref"))
+
+    return loss_fn

@@ -30,6 +30,7 @@ __all__ = [
     "reliability_bins",
     "fit_temperature",
     "pairwise_metrics",
+    "both_orientations",
 ]
 
 TEMPERATURE_MIN = 1e-2
@@ -315,6 +316,17 @@ def fit_temperature(margins: np.ndarray, *, beta: float = 1.0, weight: np.ndarra
     return float(np.clip(1.0 / s, TEMPERATURE_MIN, TEMPERATURE_MAX))
 
 
+def both_orientations(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair scored both ways: ``(prob, label)`` = ``([sigmoid(z), sigmoid(-z)], [1..., 0...])``.
+
+    ``z`` is ``beta * (r_c - r_r)`` (divided by a temperature for calibrated figures); sigmoid(-z) is
+    computed directly (no ``1 - p`` cancellation) and never overflows.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n = z.size
+    return np.concatenate([_sigmoid(z), _sigmoid(-z)]), np.concatenate([np.ones(n), np.zeros(n)])
+
+
 def _calibration(z: np.ndarray, n_bins: int, suffix: str = "", pref: np.ndarray | None = None) -> dict[str, float]:
     """ECE / Brier / NLL of p = sigmoid(z), each pair scored in both orientations.
 
@@ -323,18 +335,16 @@ def _calibration(z: np.ndarray, n_bins: int, suffix: str = "", pref: np.ndarray 
     ((p - 1)^2 = ((1 - p) - 0)^2 and -log p both times), so they are computed on one.
     """
     n = z.size
-    p = _sigmoid(z)
-    q = _sigmoid(-z)  # 1 - p without cancellation
-    prob = np.concatenate([p, q])
+    prob, label = both_orientations(z)
+    q = prob[n:]  # 1 - p without cancellation
     if pref is not None and not np.all(pref == 1.0):  # soft labels: (p, y), (1 - p, 1 - y); Brier, NLL vs y
         y = pref
         label = np.concatenate([y, 1.0 - y])
         return {
             f"ece{suffix}": expected_calibration_error(prob, label, n_bins=n_bins),
-            f"brier{suffix}": float(np.dot(p - y, p - y) / n),
+            f"brier{suffix}": float(np.dot(prob[:n] - y, prob[:n] - y) / n),
             f"nll{suffix}": float((y * _softplus(-z) + (1.0 - y) * _softplus(z)).mean()),
         }
-    label = np.concatenate([np.ones(n), np.zeros(n)])
     return {
         f"ece{suffix}": expected_calibration_error(prob, label, n_bins=n_bins),
         f"brier{suffix}": float(np.dot(q, q) / n),
