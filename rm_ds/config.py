@@ -50,6 +50,8 @@ class ModelConfig:
     """Set every dropout probability in the backbone config to this value (None keeps the model's)."""
     activation_checkpointing: bool = False
     """Recompute activations in backward (transformers' activation checkpointing, non-reentrant)."""
+    objectives: tuple[str, ...] = ()
+    """Names of several objectives (e.g. [helpful, harmless]): a head with one output each; () = one reward."""
 
 
 @dataclass
@@ -120,6 +122,8 @@ class DataConfig:
     """Input shape (rm_ds/formats.py): auto detects it from the columns; the choice is logged and kept in the run."""
     pref_field: str | None = None
     """pairs: column with a preference probability p in [0, 1] (1 = chosen preferred, 0.5 = tie)."""
+    objectives_field: str = "objectives"
+    """With model.objectives: column {objective: p in [0, 1] or null}; a missing objective is unlabelled."""
     ties: Literal["skip", "train"] = "skip"
     """Tied pairs (equal ratings/rewards): skip them (counted) or train on them with p = 0.5."""
     tie_eps: float = 0.0
@@ -293,6 +297,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.lora.head_lr is None or cfg.lora.head_lr > 0, "lora.head_lr", "must be > 0 or null")
     _check(d.num_proc >= 1, "data.num_proc", "must be >= 1")
     _check(d.tie_eps >= 0, "data.tie_eps", "must be >= 0")
+    objs = cfg.model.objectives
+    _check(all(isinstance(o, str) and o.strip() and "/" not in o for o in objs), "model.objectives",
+           "names must be non-empty strings without '/'")
+    _check(len(set(objs)) == len(objs), "model.objectives", f"names must be unique, got {list(objs)}")
+    _check(len(objs) != 1, "model.objectives", "give two or more names, or none for a single reward")
     _check(d.min_score_ratio is None or d.min_score_ratio >= 1, "data.min_score_ratio", "must be >= 1 or null")
     if d.prefix_sharing or d.packing:  # rows hold both responses of a pair: up to 2 x max_length real tokens
         _check(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation",

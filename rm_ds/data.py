@@ -92,6 +92,8 @@ PROVENANCE = {
     "file": datasets.Value("string"),
     "orig_id": datasets.Value("string"),
 }
+PREFS_FEATURE = datasets.List(datasets.Value("float64"))
+"""``prefs`` (with objectives): one preference probability per objective, NaN where unlabelled."""
 """Columns added for converted formats (and ``pref`` with ``pref_field``): the preference probability
 (1 = chosen preferred, 0.5 = tie), the file (or hub split) the pair came from and the input's own id."""
 
@@ -655,6 +657,8 @@ def load_pairs(
         raise ValueError(f"format must be auto or one of {', '.join(FORMATS)}, got {format!r}")
     if opts.pref_field is not None:
         wanted.append(opts.pref_field)
+    if opts.objectives:
+        wanted.append(opts.objectives_field)
     scored = _scored_folder(path_or_name) if format in ("auto", "scored") else None
     if scored is not None:
         sources = [scored]
@@ -668,6 +672,9 @@ def load_pairs(
         present = set().union(*(src.present for src in sources))
         first = next((r for src in sources for r in src.rows if isinstance(r, dict)), None)
         fmt, why = detect_format(present, first) if format == "auto" else (format, f"data.format={format}")
+    if fmt != "pairs" and opts.objectives:
+        raise DataError(f"{path_or_name}: several objectives (model.objectives) are read from pairs rows with a "
+                        f"'{opts.objectives_field}' field; this data is format {fmt} ({why})")
     if fmt != "pairs":
         return _load_converted(sources, fmt, why, opts, path_or_name=path_or_name, skip_invalid=skip_invalid,
                                max_pairs=max_pairs)
@@ -694,6 +701,8 @@ def load_pairs(
     cols: dict[str, list[Any]] = {k: [] for k in TEXT_FEATURES}
     if opts.pref_field is not None:
         cols["pref"] = []
+    if opts.objectives:
+        cols["prefs"] = []
     first_seen: dict[str, str] = {}
     for src, i in _iter_rows(sources):
         if max_pairs is not None and len(cols["row"]) >= max_pairs:
@@ -711,6 +720,8 @@ def load_pairs(
             )
             if opts.pref_field is not None:
                 out["pref"] = _pref(raw, opts.pref_field)
+            if opts.objectives:
+                out["prefs"] = _objective_prefs(raw, opts.objectives_field, opts.objectives)
             pid = _pair_id(raw, fl, f"{src.stem}:{src.locs[i]}")
             if pid in first_seen:
                 f = id_field or "pair_id"
@@ -741,6 +752,8 @@ def load_pairs(
     features = TEXT_FEATURES if fmt == "text" else CHAT_FEATURES
     if opts.pref_field is not None:
         features = datasets.Features({**features, "pref": PROVENANCE["pref"]})
+    if opts.objectives:
+        features = datasets.Features({**features, "prefs": PREFS_FEATURE})
     # straight to arrow: Dataset.from_dict would re-encode every value in Python (several times slower)
     table = pa.Table.from_pydict(cols, schema=features.arrow_schema)
     return datasets.Dataset(
@@ -756,6 +769,21 @@ def _pref(raw: dict, f: str) -> float:
     if not 0.0 <= p <= 1.0:
         raise _Invalid(f"preference out of range in field '{f}'", f"field '{f}': must be in [0, 1], got {p}")
     return p
+
+
+def _objective_prefs(raw: dict, f: str, objectives: Sequence[str]) -> list[float]:
+    """{objective: p or null} -> one p per objective in order, NaN where absent or null (unlabelled)."""
+    v = _get(raw, f)
+    if not isinstance(v, dict):
+        raise _wrong_type(f, "an object {objective: p}", v)
+    unknown = sorted(set(v) - set(objectives))
+    if unknown:
+        raise _Invalid(f"unknown objective in field '{f}'",
+                       f"field '{f}': unknown objective {unknown[0]!r} (model.objectives: {list(objectives)})")
+    out = [math.nan if v.get(o) is None else _pref({f"{f}.{o}": v[o]}, f"{f}.{o}") for o in objectives]
+    if all(math.isnan(p) for p in out):
+        raise _Invalid(f"no objective labelled in field '{f}'", f"field '{f}': labels none of {list(objectives)}")
+    return out
 
 
 def _scored_folder(path_or_name: str) -> _Rows | None:

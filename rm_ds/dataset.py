@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from rm_ds.packing import pair_lengths, sampler_cost
 from rm_ds.sampler import PairSampler, SamplerConfig
 from rm_ds.tokenize import TokenizeOptions, cache_key, tokenize_pairs
 
-ROW_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "margin", "weight", "pref"]
+ROW_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "margin", "weight", "pref", "prefs"]
 """The columns a training row carries into collate."""
 
 
@@ -78,18 +79,19 @@ def source_digest(path: str, **options) -> str:
 
 
 def load_split(data: DataConfig, tokenizer, path: str, *, split: str, max_pairs: int | None, cache_dir: Path,
-               builtin_dir: Path):
+               builtin_dir: Path, objectives: Sequence[str] = ()):
     """One split read, validated and tokenised (through the cache in ``cache_dir``): (dataset, note)."""
     tok, note, _ = load_split_with_report(data, tokenizer, path, split=split, max_pairs=max_pairs,
-                                          cache_dir=cache_dir, builtin_dir=builtin_dir)
+                                          cache_dir=cache_dir, builtin_dir=builtin_dir, objectives=objectives)
     return tok, note
 
 
 def load_split_with_report(data: DataConfig, tokenizer, path: str, *, split: str, max_pairs: int | None,
-                           cache_dir: Path, builtin_dir: Path):
-    """``load_split`` plus the split's report as a dict (LoadReport fields, tokenisation counts)."""
+                           cache_dir: Path, builtin_dir: Path, objectives: Sequence[str] = ()):
+    """``load_split`` plus the split's report as a dict (LoadReport fields, tokenisation counts);
+    ``objectives`` (model.objectives) adds the per-objective ``prefs`` column."""
     d = data
-    fopts = format_options(d)
+    fopts = format_options(d, objectives=objectives)
     source = resolve_data_path(path, builtin_dir=builtin_dir)
     ds, report = load_pairs(source, split=split, prompt_field=d.prompt_field,
                             chosen_field=d.chosen_field, rejected_field=d.rejected_field, id_field=d.id_field,
@@ -111,12 +113,12 @@ def load_split_with_report(data: DataConfig, tokenizer, path: str, *, split: str
 
 
 def prepare_data(data: DataConfig, tokenizer, *, cache_dir: Path, builtin_dir: Path,
-                 training: bool = True) -> PreparedData:
+                 training: bool = True, objectives: Sequence[str] = ()) -> PreparedData:
     """The train split (when ``training``) and the eval split (when ``data.eval_path`` is set).
 
     On several ranks call it inside ``dist.main_rank_first`` so one rank per node fills the cache.
     """
-    dirs = dict(cache_dir=cache_dir, builtin_dir=builtin_dir)
+    dirs = dict(cache_dir=cache_dir, builtin_dir=builtin_dir, objectives=objectives)
     train, notes, reports = None, [], []
     if training:
         train, n1, r1 = load_split_with_report(data, tokenizer, data.train_path, split=data.train_split,

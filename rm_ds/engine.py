@@ -106,9 +106,10 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
     """One optimizer step over this rank's micro-batches (every rank passes the same count).
 
     ``loss_fn(chosen, rejected, batch)`` returns the per-pair loss; the step masks filler pairs and
-    reduces it once by the global pair count.
+    reduces it once by the global pair count. With several objectives the count is that of labelled
+    (pair, objective) entries (``batch["n_terms"]``), and the stats are means over those entries.
     """
-    local_pairs = sum(b["n_pairs"] for b in micro_batches)
+    local_pairs = sum(b.get("n_terms", b["n_pairs"]) for b in micro_batches)
     global_pairs = float(dist.all_reduce_sum([local_pairs])[0])  # the one all-reduce of counts
     if global_pairs <= 0:
         raise RuntimeError("optimizer step with no pairs on any rank")
@@ -125,9 +126,10 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
         with torch.no_grad():
             diff = (chosen - rejected).double()
             correct = (diff > 0).double() + 0.5 * (diff == 0).double()
+            entries = mask.double() if diff.dim() == 1 else _labelled(batch, diff) * mask.double()[:, None]
             sums["loss"] += (per_pair.double() * mask).sum()
-            sums["correct"] += (correct * mask).sum()
-            sums["margin"] += (diff * mask).sum()
+            sums["correct"] += (correct * entries).sum()
+            sums["margin"] += (diff * entries).sum()
             sums["real_tokens"] += float(batch["real_tokens"])
             sums["computed_tokens"] += float(batch["computed_tokens"])
             sums["unshared_tokens"] += float(batch.get("unshared_tokens", batch["real_tokens"]))
@@ -138,6 +140,12 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
                      computed_tokens=int(g["computed_tokens"]), unshared_tokens=int(g["unshared_tokens"]),
                      micro_steps=len(micro_batches), grad_norm=None if grad_norm is None else float(grad_norm),
                      lr=float(engine.get_lr()[0]))
+
+
+def _labelled(batch: dict, diff: torch.Tensor) -> torch.Tensor:
+    """(B, K) 0/1: which (pair, objective) entries are labelled (none in a filler batch)."""
+    lab = batch.get("labelled")
+    return torch.zeros_like(diff) if lab is None else lab.double()
 
 
 @torch.no_grad()

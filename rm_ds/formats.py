@@ -95,14 +95,19 @@ class FormatOptions:
     """HelpSteer strength -> label: hard | p | margin (rule in the module docstring)."""
     pref_field: str | None = None
     """pairs: column holding a preference probability p in [0, 1] (1 = chosen preferred)."""
+    objectives: tuple[str, ...] = ()
+    """Several objectives (model.objectives): pairs rows carry ``objectives_field``."""
+    objectives_field: str = "objectives"
+    """pairs with objectives: column {objective: p or null}; a missing objective is unlabelled."""
 
 
-def format_options(data_cfg: Any) -> FormatOptions:
-    """The FormatOptions of a ``DataConfig`` (its keys of the same meaning)."""
+def format_options(data_cfg: Any, *, objectives: Sequence[str] = ()) -> FormatOptions:
+    """The FormatOptions of a ``DataConfig`` (its keys of the same meaning) and ``model.objectives``."""
     d = data_cfg
     return FormatOptions(ties=d.ties, tie_eps=d.tie_eps, pairing=d.pairing, seed=d.pairing_seed,
                          min_score_ratio=d.min_score_ratio, score=d.ultrafeedback_score,
-                         helpsteer_attribute=d.helpsteer_attribute, strength=d.strength, pref_field=d.pref_field)
+                         helpsteer_attribute=d.helpsteer_attribute, strength=d.strength, pref_field=d.pref_field,
+                         objectives=tuple(objectives), objectives_field=d.objectives_field)
 
 
 class RowError(Exception):

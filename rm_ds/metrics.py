@@ -31,6 +31,7 @@ __all__ = [
     "fit_temperature",
     "pairwise_metrics",
     "both_orientations",
+    "objective_metrics",
 ]
 
 TEMPERATURE_MIN = 1e-2
@@ -483,4 +484,58 @@ def pairwise_metrics(
 
     out["reward_mean"] = float(rewards.mean())
     out["reward_std"] = float(rewards.std())
+    return out
+
+
+def objective_metrics(
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    prefs: np.ndarray,
+    objectives: Sequence[str],
+    *,
+    margin: np.ndarray | float = 0.0,
+    weight: np.ndarray | None = None,
+    sources: Sequence[str] | np.ndarray | None = None,
+    temperatures: Sequence[float] | None = None,
+    **kw,
+) -> dict[str, float]:
+    """Several objectives: ``pairwise_metrics`` per objective over the pairs labelled for it (keys
+    ``<objective>/<key>``), and over all labelled (pair, objective) entries together (plain keys, so
+    ``eval.metric`` names work unchanged; ``n_pairs`` there counts entries).
+
+    ``chosen``/``rejected``/``prefs`` are (N, K); ``prefs`` is NaN where a pair is unlabelled for an
+    objective. ``margin``/``weight``/``sources`` are per pair; ``temperatures`` one per objective
+    (the overall calibrated figures use each entry's own objective's temperature).
+    """
+    c, r, p = (np.asarray(x, dtype=np.float64) for x in (chosen, rejected, prefs))
+    n, k = c.shape
+    if r.shape != (n, k) or p.shape != (n, k) or len(objectives) != k:
+        raise ValueError(f"chosen {c.shape}, rejected {r.shape}, prefs {p.shape} and {len(objectives)} "
+                         f"objectives do not line up")
+    lab = ~np.isnan(p)
+    m = np.broadcast_to(np.asarray(margin, dtype=np.float64), (n,))
+    w = None if weight is None else np.broadcast_to(np.asarray(weight, dtype=np.float64), (n,))
+    src = None if sources is None else np.asarray(sources, dtype=object)
+    out: dict[str, float] = {}
+    for j, name in enumerate(objectives):
+        sel = lab[:, j]
+        if not sel.any():
+            out[f"{name}/n_pairs"] = 0.0
+            continue
+        t = None if temperatures is None else temperatures[j]
+        mj = pairwise_metrics(c[sel, j], r[sel, j], margin=m[sel], weight=None if w is None else w[sel],
+                              sources=None if src is None else src[sel], pref=p[sel, j], temperature=t, **kw)
+        out.update({f"{name}/{key}": v for key, v in mj.items()})
+    rows, cols = np.nonzero(lab)
+    scale = 1.0 if temperatures is None else np.asarray(temperatures, dtype=np.float64)[cols]
+    # the overall figures: every labelled entry once; a per-entry temperature is folded into beta * d / T
+    overall = pairwise_metrics(c[rows, cols] / scale, r[rows, cols] / scale, margin=m[rows] / scale,
+                               weight=None if w is None else w[rows], sources=None if src is None else src[rows],
+                               pref=p[rows, cols], **kw) if temperatures is not None else None
+    base = pairwise_metrics(c[rows, cols], r[rows, cols], margin=m[rows], weight=None if w is None else w[rows],
+                            sources=None if src is None else src[rows], pref=p[rows, cols], **kw)
+    out.update(base)
+    if overall is not None:
+        for key in ("ece", "brier", "nll"):
+            out[f"{key}_calibrated"] = overall[key]
     return out

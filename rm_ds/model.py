@@ -65,7 +65,11 @@ def resolve_pad_token(tokenizer, cfg: ModelConfig, *, last_token_pooling: bool) 
 
 def load_model_config(cfg: ModelConfig, *, pad_token_id: int):
     path = resolve_model(cfg.name_or_path)
-    mc = AutoConfig.from_pretrained(path, num_labels=1)
+    if cfg.objectives:  # one head output per objective, named in the saved config
+        mc = AutoConfig.from_pretrained(path, id2label=dict(enumerate(cfg.objectives)),
+                                        label2id={o: k for k, o in enumerate(cfg.objectives)})
+    else:
+        mc = AutoConfig.from_pretrained(path, num_labels=1)
     mc.pad_token_id = pad_token_id
     if cfg.dropout is not None:
         for key, value in list(mc.to_dict().items()):
@@ -83,7 +87,8 @@ def build_reward_model(cfg: ModelConfig, *, pad_token_id: int, lora=None):
     """
     mc = load_model_config(cfg, pad_token_id=pad_token_id)
     model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(cfg.name_or_path), config=mc, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+        resolve_model(cfg.name_or_path), config=mc, dtype=torch.float32, attn_implementation=cfg.attn_implementation,
+        ignore_mismatched_sizes=bool(cfg.objectives))  # a K-output head replaces a saved 1-output one
     model.config.use_cache = False
     if cfg.activation_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
@@ -93,7 +98,8 @@ def build_reward_model(cfg: ModelConfig, *, pad_token_id: int, lora=None):
 
 
 def rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward a collated batch; returns (chosen, rejected) rewards, each (B,), in fp32.
+    """Forward a collated batch; returns (chosen, rejected) rewards, each (B,) in fp32 ((B, K) for a
+    head with K > 1 outputs: one reward per objective).
 
     ``model`` may be the DeepSpeed engine (the forward goes through it, so ZeRO-3's hooks run).
     Padded batches (``collate_pairs``: rows 0..B-1 chosen, B..2B-1 rejected) use the head's own
@@ -103,7 +109,8 @@ def rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if batch.get("layout", "padded") == "padded":
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        r = out.logits.squeeze(-1).float()
+        r = out.logits.float()
+        r = r.squeeze(-1) if r.shape[-1] == 1 else r
         b = r.shape[0] // 2
         return r[:b], r[b:]
     return _rewards_at_positions(model, batch)
@@ -143,7 +150,10 @@ def _rewards_at_positions(model, batch: dict) -> tuple[torch.Tensor, torch.Tenso
         model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False)
     finally:
         hook.remove()
-    per_token = captured[-1].reshape(-1).float()  # (rows * T,): the head's output at every position
+    out = captured[-1]
+    per_token = out.reshape(-1, out.shape[-1]).float()  # (rows * T, K): the head's output at every position
+    if per_token.shape[1] == 1:
+        per_token = per_token[:, 0]
     return per_token[batch["chosen_index"]], per_token[batch["rejected_index"]]
 
 

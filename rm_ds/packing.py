@@ -63,6 +63,20 @@ MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 """Attention implementations that take the 4-D block mask (bool for sdpa, additive for eager)."""
 
 
+def objective_columns(rows: Sequence[dict]) -> dict:
+    """Several objectives: ``prefs`` (B, K) with 0 where unlabelled, ``labelled`` (B, K) 0/1 and
+    ``n_terms`` (labelled entries: the loss's count); {} for single-objective rows or a filler batch.
+
+    >>> objective_columns([{"prefs": [1.0, float("nan")]}, {"prefs": [0.5, 0.0]}])["labelled"].tolist()
+    [[1.0, 0.0], [1.0, 1.0]]
+    """
+    if not rows or "prefs" not in rows[0]:
+        return {}
+    prefs = torch.tensor([r["prefs"] for r in rows], dtype=torch.float32)
+    labelled = ~torch.isnan(prefs)
+    return {"prefs": torch.nan_to_num(prefs, nan=0.0), "labelled": labelled.float(), "n_terms": int(labelled.sum())}
+
+
 def pair_lengths(ds, *, prefix_sharing: bool, packing: bool) -> np.ndarray:
     """Per-pair sampler cost for a tokenized dataset (``rm_ds.tokenize`` columns).
 
@@ -221,6 +235,7 @@ def collate_layout(rows: Sequence[dict], *, prefix_sharing: bool, packing: bool,
         "margin": torch.tensor([float(r.get("margin", 0.0)) for r in rows]),
         "weight": torch.tensor([float(r.get("weight", 1.0)) for r in rows]),
         "pref": torch.tensor([float(r.get("pref", 1.0)) for r in rows]),
+        **(objective_columns(rows) if real else {}),
         "pair_mask": pair_mask,
         "n_pairs": int(pair_mask.sum().item()),
         "real_tokens": sum(sizes) if real else 0,

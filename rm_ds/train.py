@@ -86,6 +86,18 @@ def evaluate(tr: Run, step: int) -> tuple[EvalScores, dict[str, float]]:
     scores = gather_scores(tr.engine, ds, rank=tr.info.rank, world_size=tr.info.world_size, collate=tr.collate,
                            token_budget=cfg.eval.token_budget or cfg.train.token_budget,
                            prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
+    objectives = cfg.model.objectives
+    if objectives:  # one temperature per objective over its labelled pairs, and one over all labelled entries
+        prefs = np.asarray(list(ds["prefs"]), dtype=np.float64)[scores.index]
+        d, lab = scores.chosen - scores.rejected, ~np.isnan(prefs)
+        temps = [fit_temperature(d[lab[:, j], j], beta=cfg.loss.beta, pref=prefs[lab[:, j], j]) if lab[:, j].any()
+                 else 1.0 for j in range(len(objectives))]
+        temperature = fit_temperature(d[lab], beta=cfg.loss.beta, pref=prefs[lab])
+        metrics = compute_metrics(scores, ds, loss=cfg.loss, n_bins=cfg.eval.ece_bins,
+                                  thresholds=cfg.eval.thresholds, objectives=objectives, temperatures=temps)
+        metrics.update({f"{o}/temperature": t for o, t in zip(objectives, temps)})
+        metrics["temperature"] = temperature
+        return scores, metrics
     pref = np.asarray(ds["pref"], dtype=np.float64)[scores.index] if "pref" in ds.column_names else None
     temperature = fit_temperature(scores.chosen - scores.rejected, beta=cfg.loss.beta, pref=pref)
     metrics = compute_metrics(scores, ds, loss=cfg.loss, n_bins=cfg.eval.ece_bins, thresholds=cfg.eval.thresholds,
@@ -100,7 +112,10 @@ def calibration_record(tr: Run, step: int, metrics: dict[str, float]) -> dict:
     return {"temperature": metrics["temperature"], "reward_mean": metrics["reward_mean"],
             "reward_std": metrics["reward_std"], "beta": cfg.loss.beta, "ece_before": metrics["ece"],
             "ece_after": metrics.get("ece_calibrated"), "eval_set_sha256": tr.eval_hash,
-            "eval_pairs": int(metrics["n_pairs"]), "eval_path": cfg.data.eval_path, "step": step}
+            "eval_pairs": int(metrics["n_pairs"]), "eval_path": cfg.data.eval_path, "step": step,
+            **({"objectives": {o: {k: metrics.get(f"{o}/{k}") for k in ("temperature", "reward_mean", "reward_std",
+                                                                          "ece", "ece_calibrated", "n_pairs")}
+                               for o in cfg.model.objectives}} if cfg.model.objectives else {})}
 
 
 def evaluate_and_log(tr: Run, step: int) -> dict[str, float]:
@@ -137,18 +152,22 @@ def save_eval_artifacts(logger: RunLogger, step: int, scores, ds, metrics: dict,
         "chosen": scores.chosen.tolist(), "rejected": scores.rejected.tolist()})
     logger.write_json(f"{sub}/calibration.json", calibration)
     logger.write_json(f"{sub}/metrics.json", metrics)
-    margins = scores.chosen - scores.rejected
+    chosen, rejected = scores.chosen, scores.rejected
+    if chosen.ndim == 2:  # several objectives: the plots show every labelled (pair, objective) entry
+        lab = ~np.isnan(np.asarray(list(ds["prefs"]), dtype=np.float64)[scores.index])
+        chosen, rejected = chosen[lab], rejected[lab]
+    margins = chosen - rejected
     t = calibration["temperature"]
     both_p, labels = both_orientations(beta * margins)
     both_pt, _ = both_orientations(beta * margins / t)
-    logger.image("eval/reward_histogram", reward_histogram_png(scores.chosen, scores.rejected,
+    logger.image("eval/reward_histogram", reward_histogram_png(chosen, rejected,
                                                                title=f"rewards at step {step}"),
                  step, filename=f"{sub}/reward_histogram.png")
     logger.image("eval/reliability", reliability_diagram_png(
         reliability_bins(both_p, labels, n_bins=n_bins), reliability_bins(both_pt, labels, n_bins=n_bins),
         title=f"reliability at step {step} (T={t:.3g})"), step, filename=f"{sub}/reliability.png")
-    logger.histogram("eval/chosen_reward", scores.chosen, step)
-    logger.histogram("eval/rejected_reward", scores.rejected, step)
+    logger.histogram("eval/chosen_reward", chosen, step)
+    logger.histogram("eval/rejected_reward", rejected, step)
 
 
 # ------------------------------------------------------------------------------------- set-up
@@ -168,7 +187,7 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
     home = rm_ds_home()
     with dist.main_rank_first(info):  # rank 0 of each node fills the tokenised cache; the others read it
         data = prepare_data(cfg.data, tokenizer, cache_dir=cache_dir_for(cfg.data, home=home),
-                            builtin_dir=home / "data", training=training)
+                            builtin_dir=home / "data", training=training, objectives=cfg.model.objectives)
     for n in data.notes:
         log.info(n)
     if info.is_main:  # the formats load_pairs chose (data.format=auto) and every count, kept with the run

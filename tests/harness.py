@@ -129,4 +129,5 @@ def load_split(cfg, tokenizer, path: str, *, split: str, max_pairs: int | None):
 
     home = rm_ds_home()
     return _load_split(cfg.data, tokenizer, path, split=split, max_pairs=max_pairs,
-                       cache_dir=cache_dir_for(cfg.data, home=home), builtin_dir=home / "data")
+                       cache_dir=cache_dir_for(cfg.data, home=home), builtin_dir=home / "data",
+                       objectives=cfg.model.objectives)
