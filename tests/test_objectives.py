@@ -196,3 +196,30 @@ def test_rm_ds_train_eval_and_export_per_objective(setup_dir, tmp_path) -> None:
     assert exported["id2label"] == {"0": "helpful", "1": "harmless"}
     cal = exported["rm_ds_calibration"]["objectives"]
     assert set(cal) == set(OBJECTIVES) and cal["helpful"]["temperature"] == m["helpful/temperature"]
+
+
+@pytest.mark.parametrize(("shared", "packed"), [(True, False), (False, True), (True, True)])
+def test_k_output_rewards_match_the_padded_layout(shared: bool, packed: bool) -> None:
+    """A 2-output head read at the score tokens of shared/packed rows gives the padded layout's (B, 2)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rm_ds.collate import collate_pairs
+    from rm_ds.model import rewards
+    from rm_ds.packing import collate_layout
+
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=64, num_labels=2, pad_token_id=0, eos_token_id=2, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(cfg).eval()
+    rng = random.Random(1)
+    rows = [{"prompt_ids": [rng.randint(3, 49) for _ in range(rng.randint(1, 9))],
+             "chosen_ids": [rng.randint(3, 49) for _ in range(rng.randint(0, 6))] + [2],
+             "rejected_ids": [rng.randint(3, 49) for _ in range(rng.randint(0, 6))] + [2],
+             "prefs": [1.0, float("nan")]} for _ in range(4)]
+    with torch.no_grad():
+        want = rewards(model, collate_pairs(rows, pad_id=0, eos_id=2))
+        batch = collate_layout(rows, prefix_sharing=shared, packing=packed, pad_id=0, eos_id=2)
+        got = rewards(model, batch)
+    assert got[0].shape == (4, 2) and batch["n_terms"] == 4
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
