@@ -4,6 +4,13 @@
     rm-ds eval  [--config NAME_OR_YAML] model.name_or_path=DIR data.eval_path=FILE [key.sub=value ...]
     rm-ds export --run-dir RUN_DIR [--step final|best|step_NNNNNNNN] [--out DIR] [--adapter]
     rm-ds compare RUN_DIR... [--out DIR]      (or one parent directory of runs)
+    rm-ds score  --model DIR [--model DIR2 ...] [--step best] --input FILE --out FILE.jsonl|.parquet
+    rm-ds serve  --model DIR [--model DIR2 ...] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    rm-ds select --model DIR [--model DIR2 ...] --pool FILE --k N --by margin|ensemble_std|entropy [--dedupe]
+    rm-ds sample --prompts FILE --out FILE [--model builtin:smollm2 --num-responses 2 --temperature 1 --top-p 1 ...]
+    rm-ds label --gold MODEL --samples FILE --out-scored FILE [--out-pairs FILE --tie-eps 0 --margin]
+    rm-ds match --proxy MODEL --heldout FILE [--train FILE] --out DIR
+    rm-ds inspect FILE [--tokenizer builtin:minilm --max-length 256 --skip-invalid]
 
 Under ``mpirun`` add ``--mpi`` (rank, world size and master come from MPI through mpi4py)::
 
@@ -17,6 +24,7 @@ Under the ``deepspeed`` launcher, run it as a module (the launcher adds ``--loca
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +52,88 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", type=Path, help="run directories, or one parent of run directories")
     c.add_argument("--out", type=Path, default=None,
                    help="where compare.csv, compare.md and the PNGs go (default: the runs' common parent)")
+    s = sub.add_parser("score", help="score a file of responses or pairs (any number of ranks)")
+    _model_args(s)
+    s.add_argument("--input", required=True, help="responses (prompt+response, messages), scored rows or pairs")
+    s.add_argument("--out", required=True, help="output .jsonl or .parquet")
+    s.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")
+    v = sub.add_parser("serve", help="serve the model over HTTP (FastAPI + uvicorn) with a web page at /")
+    _model_args(v)
+    v.add_argument("--host", default="127.0.0.1", help="interface to bind (another than loopback needs --api-key)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--api-key", default=os.environ.get("RM_DS_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $RM_DS_API_KEY)")
+    v.add_argument("--max-batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    v.add_argument("--max-queue", type=int, default=256, help="requests waiting before new ones get 503")
+    v.add_argument("--max-items", type=int, default=256, help="responses or pairs per request (more: 413)")
+    v.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body limit (more: 413)")
+    a = sub.add_parser("select", help="pick the most informative unlabeled pairs for labelling")
+    _model_args(a)
+    a.add_argument("--pool", required=True, help="unlabeled pairs (prompt/chosen/rejected) or scored-responses rows")
+    a.add_argument("--k", type=int, required=True, help="how many pairs to write")
+    a.add_argument("--by", required=True, choices=["margin", "ensemble_std", "entropy"],
+                   help="margin: smallest |r_a - r_b|; ensemble_std: largest std of the models' margins; "
+                        "entropy: P(a > b) closest to 1/2")
+    a.add_argument("--dedupe", action="store_true", help="skip pairs whose prompt is near-identical to a picked one")
+    a.add_argument("--dedupe-threshold", type=float, default=0.8,
+                   help="character-trigram Jaccard similarity at or above which prompts count as near-identical")
+    a.add_argument("--out", required=True, help="output .jsonl (rm-ds train reads it once labels are checked)")
+    _add_proxy_commands(sub)
     return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True,
+                   help="exported folder, run directory or HF reward model folder; repeat for an ensemble")
+    p.add_argument("--step", default=None, help="for run directories: final (default), best or a checkpoint tag")
+    p.add_argument("--token-budget", type=int, default=None, help="tokens per forward (rows x padded length)")
+    p.add_argument("--allow-pad-eq-eos", action="store_true",
+                   help="accept pad == eos on a last-token-pooling model (the pooled token is then ambiguous)")
+
+
+def _add_proxy_commands(sub) -> None:
+    """Issue 13's sub-commands: sample, label, match, inspect."""
+    s = sub.add_parser("sample", help="sample N responses per prompt from a causal LM (scored-responses JSONL)")
+    s.add_argument("--prompts", required=True,
+                   help="JSONL/JSON/parquet rows with 'prompt' (and 'id'), or builtin:wordnet/train|eval")
+    s.add_argument("--out", required=True, help="output JSONL (parts and resume state in OUT.parts/)")
+    s.add_argument("--model", default="builtin:smollm2", help="the policy: a causal LM folder or builtin:NAME")
+    s.add_argument("--num-responses", dest="n", type=int, default=2, help="responses per prompt")
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    s.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens per response")
+    s.add_argument("--seed", type=int, default=0, help="base seed; each prompt's seed is derived from it and its id")
+    s.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (x n rows)")
+    s.add_argument("--max-prompts", type=int, default=None, help="use only the first N distinct prompts")
+    s.add_argument("--no-chat-template", action="store_true", help="feed the prompt text without the chat template")
+    s.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")
+    lb = sub.add_parser("label", help="score sampled responses with a gold RM; write rewards and winner pairs")
+    lb.add_argument("--gold", required=True, help="the gold RM: an rm_ds export, a run directory or an HF RM folder")
+    lb.add_argument("--step", default=None, help="for a run directory: final, best or a checkpoint tag")
+    lb.add_argument("--samples", required=True, help="scored-responses JSONL (rm-ds sample)")
+    lb.add_argument("--out-scored", required=True, help="the samples with gold 'rewards' added")
+    lb.add_argument("--out-pairs", default=None, help="preference pairs: the higher gold reward is chosen")
+    lb.add_argument("--tie-eps", type=float, default=0.0, help="gold differences <= this are ties (skipped, counted)")
+    lb.add_argument("--margin", action="store_true", help="write the gold difference as each pair's 'margin'")
+    lb.add_argument("--objective", type=int, default=None, help="multi-objective gold RM: the column to use")
+    m = sub.add_parser("match", help="proxy vs gold agreement, correlations, spread, scatter plots, diagnosis")
+    m.add_argument("--proxy", required=True, help="the proxy RM: an rm_ds export, a run directory or an HF RM folder")
+    m.add_argument("--step", default=None, help="for a run directory: final, best or a checkpoint tag")
+    m.add_argument("--heldout", required=True, help="gold-labelled scored-responses JSONL of held-out prompts")
+    m.add_argument("--train", default=None, help="gold-labelled scored-responses JSONL of the training prompts")
+    m.add_argument("--out", required=True, type=Path, help="folder for match.json, scatter PNGs and tb/")
+    m.add_argument("--tie-eps", type=float, default=0.0, help="gold differences <= this are not counted as pairs")
+    i = sub.add_parser("inspect", help="the load summary of a dataset (pairs or scored responses), without training")
+    i.add_argument("file", help="a pair file (.jsonl/.json/.parquet, builtin:wordnet/train) or scored-responses JSONL")
+    i.add_argument("--tokenizer", default="builtin:minilm", help="tokenizer for truncation and lengths ('' skips)")
+    i.add_argument("--max-length", type=int, default=256, help="token cap per sequence, as data.max_length")
+    i.add_argument("--chat-template", action="store_true", help="render text pairs through the chat template")
+    i.add_argument("--skip-invalid", action="store_true", help="exit 0 even when rows are invalid")
+    i.add_argument("--prompt-field", default="prompt", help="as data.prompt_field")
+    i.add_argument("--chosen-field", default="chosen", help="as data.chosen_field")
+    i.add_argument("--rejected-field", default="rejected", help="as data.rejected_field")
+    i.add_argument("--margin-field", default=None, help="as data.margin_field")
+    i.add_argument("--tie-eps", type=float, default=0.0, help="scored files: gold differences <= this are ties")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,10 +157,68 @@ def main(argv: list[str] | None = None) -> None:
         from rm_ds.compare import main as compare_main
 
         sys.exit(compare_main(args.runs, out=args.out))
+    elif args.command == "sample":
+        from rm_ds.sampling import SampleError
+        from rm_ds.sampling import main as sample_main
+
+        try:
+            sys.exit(sample_main(args))
+        except SampleError as e:
+            sys.exit(f"rm-ds sample: {e}")
+    elif args.command in ("label", "match"):
+        from rm_ds.label import LabelError
+
+        module = __import__(f"rm_ds.{args.command}", fromlist=["main"])
+        try:
+            sys.exit(module.main(args))
+        except (LabelError, FileNotFoundError) as e:
+            sys.exit(f"rm-ds {args.command}: {e}")
+        except ModuleNotFoundError as e:
+            if e.name != "rm_ds.scoring":
+                raise
+            sys.exit(f"rm-ds {args.command}: needs rm_ds/scoring.py (contract 3, issue 12), not in this checkout yet")
+    elif args.command == "inspect":
+        from rm_ds.data import DataError
+        from rm_ds.inspect_data import main as inspect_main
+        from rm_ds.label import LabelError
+
+        try:
+            sys.exit(inspect_main(args))
+        except (DataError, LabelError) as e:
+            sys.exit(f"rm-ds inspect: {e}")
     elif args.command == "export":
         from rm_ds.export import export_run
 
         print(export_run(args.run_dir, step=args.step, out=args.out, adapter=True if args.adapter else None))
+    elif args.command == "score":
+        from rm_ds.score_file import InputError
+        from rm_ds.score_file import main as score_main
+
+        try:
+            score_main(args.model, args.input, args.out, step=args.step, token_budget=args.token_budget,
+                       allow_pad_eq_eos=args.allow_pad_eq_eos, mpi=args.mpi)
+        except (InputError, ValueError, FileNotFoundError) as e:
+            sys.exit(f"rm-ds score: {e}")
+    elif args.command == "serve":
+        from rm_ds.serve import ServeOptions
+        from rm_ds.serve import main as serve_main
+
+        try:
+            serve_main(args.model, ServeOptions(host=args.host, port=args.port, api_key=args.api_key,
+                                                max_batch_wait_ms=args.max_batch_wait_ms, max_queue=args.max_queue,
+                                                max_items=args.max_items, max_body_bytes=args.max_body_bytes),
+                       step=args.step, token_budget=args.token_budget, allow_pad_eq_eos=args.allow_pad_eq_eos)
+        except ValueError as e:
+            sys.exit(f"rm-ds serve: {e}")
+    elif args.command == "select":
+        from rm_ds.active import main as select_main
+
+        try:
+            select_main(args.model, args.pool, args.out, k=args.k, by=args.by, dedupe=args.dedupe,
+                        threshold=args.dedupe_threshold, step=args.step, token_budget=args.token_budget,
+                        allow_pad_eq_eos=args.allow_pad_eq_eos)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"rm-ds select: {e}")
 
 
 if __name__ == "__main__":

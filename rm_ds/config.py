@@ -47,7 +47,7 @@ class ModelConfig:
     allow_pad_eq_eos: bool = False
     """Accept pad == eos on a last-token-pooling model although the pooled token is then ambiguous."""
     dropout: float | None = 0.0
-    """Set every dropout probability in the backbone config to this value (None keeps the model's)."""
+    """Set every dropout probability in the backbone config to this value (None keeps the model's; 0 measured best)."""
     activation_checkpointing: bool = False
     """Recompute activations in backward (transformers' activation checkpointing, non-reentrant)."""
     objectives: tuple[str, ...] = ()

@@ -109,6 +109,8 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
     reduces it once by the global pair count. With several objectives the count is that of labelled
     (pair, objective) entries (``batch["n_terms"]``), and the stats are means over those entries.
     """
+    # from_pretrained returns the model in eval mode and scoring switches to it: dropout needs train mode
+    engine.train()
     local_pairs = sum(b.get("n_terms", b["n_pairs"]) for b in micro_batches)
     global_pairs = float(dist.all_reduce_sum([local_pairs])[0])  # the one all-reduce of counts
     if global_pairs <= 0:

@@ -208,6 +208,7 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
     head = head_name(model.get_base_model() if cfg.lora.enabled else model)
     engine = build_engine(model, ds_config, t, total_steps=max(1, total_steps), head=head,
                           head_lr=cfg.lora.head_lr if cfg.lora.enabled else None)
+    torch.manual_seed(t.seed + info.rank)  # dropout: a stream per rank (the weights are the same everywhere by now)
     trainable, total = param_counts(model)
     log.info("model %s%s: %.2fM of %.1fM parameters trainable, ZeRO stage %d, %s, world size %d; "
              "%d steps (%d per epoch), %d pairs per step", cfg.model.name_or_path,

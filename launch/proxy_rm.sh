@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The gold-labelled proxy-RM pipeline in one command: sample -> label -> train -> match.
+#   bash launch/proxy_rm.sh [key.sub=value ...]        (overrides go to the proxy's `rm-ds train --config proxy`)
+# Environment: PROMPTS (training prompts, default 300), HELDOUT (held-out prompts, 100), N (responses per
+# prompt, 2), MAX_NEW_TOKENS (48), SEED (0), GOLD (gold RM folder; default runs/default/export/final, trained
+# by the default run first if absent), POLICY (builtin:smollm2), OUT (runs/proxy), NPROC (ranks, 2).
+# Prompts are WordNet's (builtin:wordnet/train for training, builtin:wordnet/eval held out: disjoint words).
+# Every stage is resumable or idempotent: rerunning after a kill continues.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -n "${RM_DS_SKIP_SETUP:-}" ] || bash launch/setup.sh
+# shellcheck source=launch/env.sh
+. launch/env.sh
+PROMPTS=${PROMPTS:-300} HELDOUT=${HELDOUT:-100} N=${N:-2} MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48} SEED=${SEED:-0}
+GOLD=${GOLD:-runs/default/export/final} POLICY=${POLICY:-builtin:smollm2} OUT=${OUT:-runs/proxy} NPROC=${NPROC:-2}
+mkdir -p "$OUT"
+start=$(date +%s)
+ranks() { deepspeed --num_gpus "$NPROC" --master_addr 127.0.0.1 --master_port "$(free_port)" --module rm_ds.cli "$@"; }
+stage() { echo "== proxy_rm: $* ($(( $(date +%s) - start )) s)"; }
+
+if [ ! -f "$GOLD/config.json" ]; then
+  stage "training the gold RM (the default run) into runs/default"
+  ranks train --config default logging.run_dir=runs/default
+  GOLD=runs/default/export/final
+fi
+
+for split in train heldout; do
+  if [ "$split" = train ]; then src=builtin:wordnet/train n=$PROMPTS; else src=builtin:wordnet/eval n=$HELDOUT; fi
+  stage "sampling $n $split prompts x $N from $POLICY"
+  ranks sample --prompts "$src" --max-prompts "$n" --out "$OUT/${split}_samples.jsonl" --model "$POLICY" \
+    --num-responses "$N" --temperature 1.0 --top-p 1.0 --max-new-tokens "$MAX_NEW_TOKENS" --seed "$SEED" --batch-size 8
+  stage "labelling $split responses with the gold RM $GOLD"
+  python -m rm_ds.cli label --gold "$GOLD" --samples "$OUT/${split}_samples.jsonl" \
+    --out-scored "$OUT/${split}_labelled.jsonl" --out-pairs "$OUT/${split}_pairs.jsonl"
+done
+
+stage "training the proxy RM (--config proxy)"
+ranks train --config proxy data.train_path="$OUT/train_pairs.jsonl" data.eval_path="$OUT/heldout_pairs.jsonl" \
+  logging.run_dir="$OUT/rm" "$@"
+
+stage "matching proxy against gold"
+python -m rm_ds.cli match --proxy "$OUT/rm/export/final" --heldout "$OUT/heldout_labelled.jsonl" \
+  --train "$OUT/train_labelled.jsonl" --out "$OUT/match" | tee "$OUT/match.txt"
+stage "done"
+grep "held-out match rate" "$OUT/match.txt"
