@@ -179,7 +179,7 @@ class EvalConfig:
     every_steps: int = 0
     """Evaluate every N optimizer steps (0: only at the end)."""
     token_budget: int | None = None
-    """Eval micro-batch budget in pair-tokens (defaults to train.token_budget)."""
+    """Eval micro-batch budget in pair-tokens (defaults to train.token_budget, in either micro_batching mode)."""
     thresholds: tuple[float, ...] = (0.0,)
     """Reward thresholds at which TPR/FPR/FNR are reported."""
     ece_bins: int = 10
@@ -262,23 +262,64 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.every_steps >= 0, "eval.every_steps", "must be >= 0")
     _check(cfg.eval.ece_bins >= 1, "eval.ece_bins", "must be >= 1")
     _check(cfg.eval.patience >= 0, "eval.patience", "must be >= 0")
-    if cfg.eval.token_budget is not None:
-        _check(cfg.eval.token_budget >= d.max_length, "eval.token_budget", "must be >= data.max_length")
     _check(cfg.logging.log_every >= 1, "logging.log_every", "must be >= 1")
     _check(t.save_every_steps >= 0, "train.save_every_steps", "must be >= 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     _check(cfg.lora.r >= 1, "lora.r", "must be >= 1")
     _check(cfg.lora.head_lr is None or cfg.lora.head_lr > 0, "lora.head_lr", "must be > 0 or null")
     _check(d.num_proc >= 1, "data.num_proc", "must be >= 1")
-    if d.prefix_sharing or d.packing:  # rows hold both responses of a pair: up to 2 x max_length real tokens
+    if d.prefix_sharing or d.packing:
         _check(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation",
                "data.prefix_sharing/packing pass a 4-D block mask, which needs sdpa or eager")
-        for key, budget in (("train.token_budget", t.token_budget if t.micro_batching == "token_budget" else None),
-                            ("eval.token_budget", cfg.eval.token_budget)):
-            _check(budget is None or budget >= 2 * d.max_length, key,
-                   f"with data.prefix_sharing/packing the budget counts a pair's real row tokens (up to "
-                   f"2 x data.max_length = {2 * d.max_length}); {budget} is too small")
+    _check_budgets(cfg)
     resolve_ds_config_path(cfg.deepspeed.config)  # raises ConfigError naming deepspeed.config
+
+
+def pair_token_cap(cfg: Config) -> int:
+    """The most budget tokens one pair can cost: data.max_length, or twice that when a pair's two
+    responses share one row (data.prefix_sharing / data.packing)."""
+    return (2 if cfg.data.prefix_sharing or cfg.data.packing else 1) * cfg.data.max_length
+
+
+def eval_token_budget(cfg: Config) -> int:
+    """The eval micro-batch budget in pair-tokens: eval.token_budget, else train.token_budget (in
+    either train.micro_batching mode)."""
+    return cfg.eval.token_budget if cfg.eval.token_budget is not None else cfg.train.token_budget
+
+
+def _check_budgets(cfg: Config) -> None:
+    """Every per-micro-batch budget the run will use must hold its longest possible pair, so that a
+    wrong budget fails here and not at the first eval, hours in."""
+    t, d, cap = cfg.train, cfg.data, pair_token_cap(cfg)
+    rows = (f"with data.prefix_sharing/packing a pair's row holds both responses: up to 2 x data.max_length = "
+            f"{cap} tokens" if cap != d.max_length else f"a pair can be data.max_length = {cap} tokens long")
+    if t.micro_batching == "token_budget":
+        _check(t.token_budget >= cap, "train.token_budget",
+               f"{t.token_budget} is too small: {rows}, so a single pair would not fit; raise train.token_budget "
+               f"to >= {cap} or lower data.max_length")
+    if d.eval_path is not None:
+        budget = eval_token_budget(cfg)
+        origin = ("" if cfg.eval.token_budget is not None else
+                  f" (eval.token_budget is unset, so it is train.token_budget = {budget}, which "
+                  f"train.micro_batching={t.micro_batching} {'does not use' if t.micro_batching == 'fixed' else 'uses'}"
+                  f" for training)")
+        hint = f"set eval.token_budget >= {cap}"
+        if t.micro_batching == "fixed":
+            hint += f", e.g. train.pairs_per_micro x {cap} = {t.pairs_per_micro * cap} to match training"
+        _check(budget >= cap, "eval.token_budget",
+               f"the eval budget {budget}{origin} is too small: {rows}, so evaluation would fail on the first "
+               f"long pair; {hint}, or lower data.max_length")
+
+
+def check_train_plan(cfg: Config, *, n_train_pairs: int) -> None:
+    """Checks that need the number of training pairs (known once the data is loaded); names the keys."""
+    t = cfg.train
+    if t.drop_last and n_train_pairs < t.global_batch_pairs:
+        raise ConfigError(
+            f"train.drop_last: true drops the final partial global batch, and the {n_train_pairs} training pairs "
+            f"(data.train_path={cfg.data.train_path!r}, data.max_train_pairs={cfg.data.max_train_pairs}) are fewer "
+            f"than one global batch (train.global_batch_pairs={t.global_batch_pairs}), so an epoch would have no "
+            f"steps; set train.drop_last=false, lower train.global_batch_pairs, or add pairs")
 
 
 # --------------------------------------------------------------------------- typed construction

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rm_ds import dist
-from rm_ds.config import Config
+from rm_ds.config import Config, eval_token_budget
 from rm_ds.engine import score_batches
 from rm_ds.metrics import pairwise_metrics
 from rm_ds.packing import pair_lengths, sampler_cost
@@ -34,7 +34,7 @@ class EvalScores:
 
 def shard_batches(ds, cfg: Config, *, rank: int, world_size: int, collate) -> list[tuple[list[int], dict]]:
     """This rank's eval micro-batches: (pair indices, collated batch); ``[]`` marks a filler forward."""
-    budget = cfg.eval.token_budget or cfg.train.token_budget
+    budget = eval_token_budget(cfg)
     layout = dict(prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
     shards = eval_shards(pair_lengths(ds, **layout), world_size=world_size, token_budget=budget, pairs_per_micro=None,
                          cost=sampler_cost(packing=cfg.data.packing))

@@ -28,7 +28,7 @@ import torch
 from rm_ds import checkpoint, dist
 from rm_ds.builtin import rm_ds_home
 from rm_ds.collate import make_collate
-from rm_ds.config import Config, build_ds_config, save_config
+from rm_ds.config import Config, build_ds_config, check_train_plan, save_config
 from rm_ds.data import load_pairs
 from rm_ds.engine import build_engine, model_build_context, train_step
 from rm_ds.evaluate import compute_metrics, gather_scores
@@ -248,6 +248,8 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Trainer
 
     # every rank computes the same plan and takes its part
     t = cfg.train
+    if training:
+        check_train_plan(cfg, n_train_pairs=len(data.train))
     layout = dict(prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
     sampler = None if not training else PairSampler(pair_lengths(data.train, **layout), SamplerConfig(
         global_batch_pairs=t.global_batch_pairs, mode=t.micro_batching,
