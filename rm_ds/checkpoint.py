@@ -11,6 +11,9 @@ A run killed while saving leaves a directory without ``COMPLETE``; ``latest`` st
 good checkpoint, and ``find_resume`` skips incomplete directories. Retention keeps the last
 ``train.keep_checkpoints`` plus the best step's checkpoint.
 
+rm_ds's own files (``rng_rank*.pt``, ``COMPLETE``) load without unpickling (``weights_only=True``,
+JSON). DeepSpeed's shards are pickles: load checkpoints only from run directories you trust.
+
 Trainer state: step, sampler position (epoch, step in epoch), early-stopping state (best metric and
 counter), world size (a resume on another world size would change the global batches, so it is
 refused), and a hash of the training-relevant config.
@@ -78,8 +81,7 @@ def save(tr, *, best_step: int | None) -> Path:
     state = {"step": tr.step, "sampler": tr.sampler.state_dict(), "stopper": tr.stopper.state_dict(),
              "world_size": tr.info.world_size, "config_hash": config_hash(tr.cfg)}
     save_checkpoint(tr.engine, str(root), tag, {"rm_ds": state})
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    torch.save(rng, root / tag / f"rng_rank{tr.info.rank}.pt")
+    torch.save(rng_state(), root / tag / f"rng_rank{tr.info.rank}.pt")
     dist.barrier()
     fault("in_save", tr.step)
     if tr.info.is_main:
@@ -91,6 +93,27 @@ def save(tr, *, best_step: int | None) -> Path:
     dist.barrier()
     log.info("checkpoint %s saved", root / tag)
     return root / tag
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors, ints and tuples only, so that the file loads with
+    ``torch.load(weights_only=True)`` (no pickled objects: rm_ds's own files never need a trusted source)."""
+    version, keys, gauss = random.getstate()
+    name, mt, pos, has_gauss, cached = np.random.get_state()
+    return {"python": {"version": version, "state": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
+            "numpy": {"name": name, "keys": torch.from_numpy(mt.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(rng: dict) -> None:
+    """Inverse of ``rng_state``."""
+    py = rng["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npy = rng["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.set_rng_state(rng["torch"])
 
 
 def complete_tags(root: Path) -> list[str]:
@@ -141,9 +164,6 @@ def restore(tr, root: Path, tag: str) -> None:
     tr.stopper.load_state_dict(state["stopper"])
     rng_file = root / tag / f"rng_rank{tr.info.rank}.pt"
     if rng_file.exists():
-        rng = torch.load(rng_file, weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
+        set_rng_state(torch.load(rng_file, weights_only=True))
     log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", root / tag, tr.step,
              state["sampler"]["epoch"], state["sampler"]["step"])

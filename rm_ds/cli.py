@@ -12,6 +12,10 @@ Under ``mpirun`` add ``--mpi`` (rank, world size and master come from MPI throug
 Under the ``deepspeed`` launcher, run it as a module (the launcher adds ``--local_rank=N``)::
 
     deepspeed --num_gpus 2 --master_addr 127.0.0.1 --module rm_ds.cli train --config default
+
+Exit codes: 0 success, 2 a config error (also a bad command line), 3 a data error. Those two print
+one line, ``rm-ds: config error: <key>: ...`` or ``rm-ds: data error: <file> line N: field 'f': ...``,
+once (on rank 0); anything else is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ import sys
 from pathlib import Path
 
 from rm_ds.config import ConfigError, load_config
+from rm_ds.data import DataError
+
+EXIT_CONFIG_ERROR = 2
+"""Exit status for a bad config value or key (argparse uses 2 for a bad command line too)."""
+EXIT_DATA_ERROR = 3
+"""Exit status for bad input data (the message names the file, the line and the field)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,15 +58,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one sub-command; config and data errors end the process with one line and their exit code."""
+    try:
+        _main(argv)
+    except ConfigError as e:
+        _fail(f"rm-ds: config error: {e}", EXIT_CONFIG_ERROR)
+    except DataError as e:
+        _fail(f"rm-ds: data error: {e}", EXIT_DATA_ERROR)
+
+
+def _fail(message: str, code: int) -> None:
+    from rm_ds import dist
+
+    dist.exit_with_error(message, code)
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     # the deepspeed launcher puts --local_rank=N before the sub-command; accept it anywhere
     argv = [a for a in argv if not a.startswith("--local_rank")]
     args = _parser().parse_args(argv)
     if args.command in ("train", "eval"):
-        try:
-            cfg = load_config(args.config, args.overrides)
-        except ConfigError as e:
-            sys.exit(f"rm-ds: config error: {e}")
+        cfg = load_config(args.config, args.overrides)
         if args.mpi:
             from rm_ds import dist
 

@@ -50,6 +50,8 @@ class ModelConfig:
     """Set every dropout probability in the backbone config to this value (None keeps the model's)."""
     activation_checkpointing: bool = False
     """Recompute activations in backward (transformers' activation checkpointing, non-reentrant)."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model folder or hub repo (transformers' trust_remote_code); off by default."""
 
 
 @dataclass

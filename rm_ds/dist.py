@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -174,13 +175,17 @@ def barrier() -> None:
 def main_rank_first(info: DistInfo):
     """Each node's local rank 0 runs the body first (e.g. to fill a node-local cache), then the rest.
 
-    Every rank passes the same two barriers, so the ordering holds across nodes too.
+    Every rank passes the same two barriers, so the ordering holds across nodes too. When the body
+    fails on local rank 0 (bad data, say), the others still get through and usually meet the same
+    error themselves, instead of a broken connection while rank 0 exits.
     """
     if info.local_rank != 0:
         barrier()
-    yield
-    if info.local_rank == 0:
-        barrier()
+    try:
+        yield
+    finally:
+        if info.local_rank == 0:
+            barrier()
 
 
 def shutdown(exit_code: int = 0) -> None:
@@ -201,3 +206,28 @@ def shutdown(exit_code: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code)
+
+
+def _launcher_rank() -> int:
+    """This process's rank before (or without) a process group: from the launcher's variables."""
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def exit_with_error(message: str, code: int) -> None:
+    """End this process with ``code`` after printing ``message`` as one line on rank 0 only.
+
+    Every rank usually meets the same config or data error. The other ranks wait a moment first: the
+    launchers (deepspeed, torchrun, mpirun) kill the remaining ranks once rank 0 has exited, so the
+    line is printed once. A rank that is still alive after the wait (its error was its own) prints it
+    too, with its rank, so no error goes unreported.
+    """
+    rank = tdist.get_rank() if tdist.is_initialized() else _launcher_rank()
+    line = " ".join(message.splitlines())
+    if rank != 0:
+        time.sleep(3.0)
+        line = f"[rank{rank}] {line}"
+    sys.stderr.write(line + "\n")
+    shutdown(code)

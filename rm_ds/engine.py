@@ -181,5 +181,5 @@ def consolidated_state_dict(ckpt_dir: str, tag: str) -> dict[str, torch.Tensor]:
         files = sorted(d.glob("mp_rank_*_model_states.pt"))
         if not files:
             raise FileNotFoundError(f"{d}: no DeepSpeed model states file")
-        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        sd = torch.load(files[0], map_location="cpu", weights_only=True)["module"]  # plain tensors and containers
     return {k: v.float() for k, v in sd.items()}

@@ -239,7 +239,7 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Trainer
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     probe = load_model_config(cfg.model, pad_token_id=0)
     pad_id = resolve_pad_token(tokenizer, cfg.model, last_token_pooling=pools_last_token(probe))
     data = prepare_data(cfg, tokenizer, info, training=training)
