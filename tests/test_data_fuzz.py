@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -198,7 +197,7 @@ def test_every_line_loads_or_is_a_located_data_error(tmp_path_factory, case) -> 
     path = tmp_path_factory.mktemp("fuzz") / "fuzz.jsonl"
     path.write_bytes(body)
     bad, kept = expected(lines, "fuzz")
-    opts = dict(margin_field="margin", weight_field="weight")
+    opts = {"margin_field": "margin", "weight_field": "weight"}
 
     if bad:
         n, field = bad[0]

@@ -30,9 +30,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path: Path) -> None
 
 
 def test_trust_remote_code_is_a_config_field_off_by_default(monkeypatch) -> None:
-    import transformers
-
-    import rm_ds.model as model
+    from rm_ds import model
 
     seen = []
 
@@ -45,16 +43,15 @@ def test_trust_remote_code_is_a_config_field_off_by_default(monkeypatch) -> None
     for name in ("AutoTokenizer", "AutoConfig", "AutoModelForSequenceClassification"):
         monkeypatch.setattr(getattr(model, name), "from_pretrained", spy(name))
     for value in (False, True):
-        cfg = load_config(None, ["model.name_or_path=builtin:tiny-llama", f"model.trust_remote_code={value}"])
-        for call in (lambda: model.load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code),
-                     lambda: model.load_model_config(cfg.model, pad_token_id=0)):
+        mc = load_config(None, ["model.name_or_path=builtin:tiny-llama", f"model.trust_remote_code={value}"]).model
+        for call, args, kwargs in ((model.load_tokenizer, (mc.name_or_path,), {"trust_remote_code": mc.trust_remote_code}),
+                                   (model.load_model_config, (mc,), {"pad_token_id": 0})):
             try:
-                call()
+                call(*args, **kwargs)
             except StopIteration:
                 pass
     assert seen == [("AutoTokenizer", False), ("AutoConfig", False), ("AutoTokenizer", True), ("AutoConfig", True)]
     assert load_config(None, []).model.trust_remote_code is False
-    del transformers
 
 
 def test_no_module_hardcodes_trust_remote_code_or_unpickles() -> None:
