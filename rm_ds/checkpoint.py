@@ -90,7 +90,7 @@ def save(tr, *, best_step: int | None) -> Path:
         tmp.write_text(tag + "\n")
         os.replace(tmp, root / LATEST)
         prune(root, keep_last=tr.cfg.train.keep_checkpoints, keep={tag_for(best_step)} if best_step else set())
-    dist.barrier()
+    dist.wait_for_all()  # rank 0 marked and pruned alone
     log.info("checkpoint %s saved", root / tag)
     return root / tag
 

@@ -15,7 +15,9 @@ Under the ``deepspeed`` launcher, run it as a module (the launcher adds ``--loca
 
 Exit codes: 0 success, 2 a config error (also a bad command line), 3 a data error. Those two print
 one line, ``rm-ds: config error: <key>: ...`` or ``rm-ds: data error: <file> line N: field 'f': ...``,
-once (on rank 0); anything else is a bug and keeps its traceback (exit 1).
+once (on rank 0). 4: a peer rank died or stopped responding (``rm-ds: rank 0: a collective timed out
+...: rank 1 (pid N) is stopped``), printed by each surviving rank. Anything else is a bug and keeps its
+traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config value or key (argparse uses 2 for a bad command line too)."""
 EXIT_DATA_ERROR = 3
 """Exit status for bad input data (the message names the file, the line and the field)."""
+EXIT_PEER_LOST = 4
+"""Exit status of a rank whose peer died or stopped responding (a collective failed or timed out)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +69,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"rm-ds: config error: {e}", EXIT_CONFIG_ERROR)
     except DataError as e:
         _fail(f"rm-ds: data error: {e}", EXIT_DATA_ERROR)
+    except RuntimeError as e:
+        from rm_ds import dist
+
+        diagnosis = dist.peer_failure(e)
+        if diagnosis is None:
+            raise
+        dist.exit_peer_lost(f"rm-ds: {diagnosis}", EXIT_PEER_LOST)
 
 
 def _fail(message: str, code: int) -> None:
@@ -83,7 +94,7 @@ def _main(argv: list[str] | None) -> None:
         if args.mpi:
             from rm_ds import dist
 
-            dist.init(mpi_discovery=True)  # train/eval then find the process group already formed
+            dist.init(mpi_discovery=True, timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)  # train/eval then find the process group already formed
         from rm_ds.train import main as train_main
 
         train_main(cfg, command=args.command)

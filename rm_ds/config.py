@@ -211,6 +211,14 @@ class LoggingConfig:
 
 
 @dataclass
+class DistSection:
+    timeout_s: float = 600.0
+    """Seconds a collective waits for the other ranks before the run fails saying a rank stopped responding."""
+    wait_timeout_s: float = 14400.0
+    """Seconds the other ranks wait while rank 0 works alone (filling the tokenised cache, exporting)."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The reward model backbone."""
@@ -224,6 +232,8 @@ class Config:
     """Bradley-Terry loss options."""
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     """DeepSpeed engine settings."""
+    dist: DistSection = field(default_factory=DistSection)
+    """Process-group timeouts (stuck or dead ranks)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation schedule and metrics."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -265,6 +275,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.ece_bins >= 1, "eval.ece_bins", "must be >= 1")
     _check(cfg.eval.patience >= 0, "eval.patience", "must be >= 0")
     _check(cfg.logging.log_every >= 1, "logging.log_every", "must be >= 1")
+    _check(cfg.dist.timeout_s > 0, "dist.timeout_s", "must be > 0")
+    _check(cfg.dist.wait_timeout_s >= cfg.dist.timeout_s, "dist.wait_timeout_s", "must be >= dist.timeout_s")
     _check(t.save_every_steps >= 0, "train.save_every_steps", "must be >= 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     _check(cfg.lora.r >= 1, "lora.r", "must be >= 1")

@@ -373,7 +373,7 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
 
 def run(cfg: Config) -> dict[str, float]:
     """Train, evaluate at the end (unless the last step was just evaluated), print the summary."""
-    info = dist.init()
+    info = dist.init(timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
     tr = setup(cfg, info)
@@ -389,7 +389,7 @@ def run(cfg: Config) -> dict[str, float]:
         export_run(cfg.logging.run_dir, step="final")
         if tr.stopper.best_step is not None:
             export_run(cfg.logging.run_dir, step="best")
-    dist.barrier()
+    dist.wait_for_all()  # rank 0 exported alone: a long wait, not dist.timeout_s
     if info.is_main:
         print(format_summary(summary, eval_metrics), flush=True)
         if eval_metrics:
@@ -405,7 +405,7 @@ def run(cfg: Config) -> dict[str, float]:
 
 def run_eval(cfg: Config) -> dict[str, float]:
     """``rm-ds eval``: score ``data.eval_path`` with ``model.name_or_path`` on any number of ranks."""
-    info = dist.init()
+    info = dist.init(timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
     if not cfg.data.eval_path:
