@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -285,8 +286,28 @@ def peer_failure(exc: BaseException) -> str | None:
     text = f"{type(exc).__name__}: {exc}"
     if not (isinstance(exc, tdist.DistError) or any(m in text for m in _PEER_FAILURE)):
         return None
-    me, host = tdist.get_rank(), socket.gethostname()
-    dead, stopped, remote = [], [], []
+    me = tdist.get_rank()
+    found, remote = _faulty_peers(me)
+    if not found:  # the launcher terminates the survivors once it sees the dead rank: say why first
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for _ in range(30):  # a killed peer's sockets close before the kernel has finished ending it
+        if found:
+            break
+        time.sleep(0.1)
+        found, remote = _faulty_peers(me)
+    if not found:
+        found = [f"no rank on this node is dead or stopped{'; ranks ' + str(remote) + ' run elsewhere' if remote else ''}"
+                 f", so a rank is stuck or its host failed"]
+    kind = "timed out (dist.timeout_s)" if "imed out" in text or "Timeout" in text else "failed"
+    first = " ".join(str(exc).splitlines()[:1])[:300]
+    return (f"rank {me}: a collective {kind}: a rank stopped responding: {'; '.join(found)}. "
+            f"Resume with resume=auto from the last complete checkpoint. ({type(exc).__name__}: {first})")
+
+
+def _faulty_peers(me: int) -> tuple[list[str], list[int]]:
+    """(what is wrong with the other ranks on this node, the ranks on other nodes)."""
+    host = socket.gethostname()
+    found, remote = [], []
     for r, (h, pid) in enumerate(_peers):
         if r == me:
             continue
@@ -295,17 +316,10 @@ def peer_failure(exc: BaseException) -> str | None:
             continue
         state = _process_state(pid)
         if state is None:
-            dead.append(f"rank {r} (pid {pid}) has exited or was killed")
+            found.append(f"rank {r} (pid {pid}) has exited or was killed")
         elif state in ("T", "t"):
-            stopped.append(f"rank {r} (pid {pid}) is stopped (SIGSTOP or a debugger)")
-    found = dead + stopped
-    if not found:
-        found = [f"no rank on this node is dead or stopped{'; ranks ' + str(remote) + ' run elsewhere' if remote else ''}"
-                 f": a rank is stuck"]
-    kind = "timed out (dist.timeout_s)" if "imed out" in text or "Timeout" in text else "failed"
-    first = " ".join(str(exc).splitlines()[:1])[:300]
-    return (f"rank {me}: a collective {kind}: a rank stopped responding: {'; '.join(found)}. "
-            f"Resume with resume=auto from the last complete checkpoint. ({type(exc).__name__}: {first})")
+            found.append(f"rank {r} (pid {pid}) is stopped (SIGSTOP or a debugger)")
+    return found, remote
 
 
 def _process_state(pid: int) -> str | None:
