@@ -6,9 +6,11 @@ Layout under ``run_dir/checkpoints/``::
         rng_rank0.pt ...      each rank's RNG states (dropout streams differ per rank)
         COMPLETE              written last, after every rank has finished writing
     latest                    name of the newest COMPLETE checkpoint, replaced atomically
+    .partial-step_00000050/   a checkpoint being written (renamed to its tag once complete)
 
-A run killed while saving leaves a directory without ``COMPLETE``; ``latest`` still names the previous
-good checkpoint, and ``find_resume`` skips incomplete directories. Retention keeps the last
+A checkpoint is written into a fresh ``.partial-`` directory, marked complete, then renamed to its
+tag, and only then does ``latest`` move: a run killed while saving leaves the previous good
+checkpoint, and ``latest``, untouched, and a complete tag is never written into. Retention keeps the last
 ``train.keep_checkpoints`` plus the best step's checkpoint.
 
 rm_ds's own files (``rng_rank*.pt``, ``COMPLETE``) load without unpickling (``weights_only=True``,
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
+PARTIAL = ".partial-"
+"""Prefix of the directory a checkpoint is written into before it is complete."""
+OLD = ".replaced-"
+"""Prefix a complete tag is renamed to for the moment its fresh copy takes its name."""
 # Sections that may change between a run and its resume without changing what is trained.
 _RESUME_FREE = ("logging", "resume", "eval")
 
@@ -75,20 +81,36 @@ def fault(point: str, step: int) -> None:
 
 
 def save(tr, *, best_step: int | None) -> Path:
-    """Checkpoint the trainer at ``tr.step`` on every rank; rank 0 marks it complete and prunes."""
+    """Checkpoint the trainer at ``tr.step`` on every rank; rank 0 marks it complete and prunes.
+
+    Never writes into a tag that is already marked complete (a run resumed from its final checkpoint
+    saves that step again): every rank writes into a fresh hidden directory, rank 0 marks it
+    ``COMPLETE`` and only then renames it to the tag (the old copy moved aside first) and moves
+    ``latest``. A kill at any point leaves the previous complete checkpoint intact.
+    """
     root = checkpoint_root(tr.cfg.logging.run_dir)
     tag = tag_for(tr.step)
+    staging = f"{PARTIAL}{tag}"
     state = {"step": tr.step, "sampler": tr.sampler.state_dict(), "stopper": tr.stopper.state_dict(),
-             "world_size": tr.info.world_size, "config_hash": config_hash(tr.cfg)}
-    save_checkpoint(tr.engine, str(root), tag, {"rm_ds": state})
-    torch.save(rng_state(), root / tag / f"rng_rank{tr.info.rank}.pt")
+             "world_size": tr.info.world_size, "config_hash": config_hash(tr.cfg),
+             "early_stopped": bool(getattr(tr, "stopped_early", False))}
+    if tr.info.is_main and (root / staging).exists():
+        shutil.rmtree(root / staging)  # left by a run killed while saving
+    dist.barrier()
+    save_checkpoint(tr.engine, str(root), staging, {"rm_ds": state})
+    torch.save(rng_state(), root / staging / f"rng_rank{tr.info.rank}.pt")
     dist.barrier()
     fault("in_save", tr.step)
     if tr.info.is_main:
-        (root / tag / COMPLETE).write_text(json.dumps(state) + "\n")
+        (root / staging / COMPLETE).write_text(json.dumps(state) + "\n")
+        old = root / f"{OLD}{tag}"
+        if (root / tag).exists():
+            os.replace(root / tag, old)
+        os.replace(root / staging, root / tag)
         tmp = root / f".{LATEST}.tmp"
         tmp.write_text(tag + "\n")
         os.replace(tmp, root / LATEST)
+        shutil.rmtree(old, ignore_errors=True)
         prune(root, keep_last=tr.cfg.train.keep_checkpoints, keep={tag_for(best_step)} if best_step else set())
     dist.wait_for_all()  # rank 0 marked and pruned alone
     log.info("checkpoint %s saved", root / tag)
@@ -121,6 +143,8 @@ def complete_tags(root: Path) -> list[str]:
 
 
 def prune(root: Path, *, keep_last: int, keep: set[str]) -> None:
+    for p in [*root.glob(f"{PARTIAL}*"), *root.glob(f"{OLD}*")]:  # debris of runs killed while saving
+        shutil.rmtree(p, ignore_errors=True)
     tags = complete_tags(root)
     keep = set(keep) | set(tags[-keep_last:])
     for p in root.glob("step_*"):
@@ -162,6 +186,7 @@ def restore(tr, root: Path, tag: str) -> None:
     tr.step = state["step"]
     tr.sampler.load_state_dict(state["sampler"])
     tr.stopper.load_state_dict(state["stopper"])
+    tr.stopped_early = bool(state.get("early_stopped", False))
     rng_file = root / tag / f"rng_rank{tr.info.rank}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=True))

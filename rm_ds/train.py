@@ -229,6 +229,8 @@ class Trainer:
     total_params: int = 0
     last_save: int = -1
     """Step of the newest checkpoint written by this process."""
+    stopped_early: bool = False
+    """Early stopping ended this run (persisted in its checkpoints: a relaunch does not train on)."""
 
 
 def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Trainer:
@@ -314,6 +316,7 @@ def evaluate_and_checkpoint_on_schedule(tr: Trainer) -> None:
             log.info("early stopping at step %d: eval %s has not improved for %d evals", tr.step,
                      cfg.eval.metric, tr.stopper.bad_evals)
             tr.total_steps = tr.step
+            tr.stopped_early = True
     new_best = tr.last_eval is not None and tr.last_eval[0] == tr.step == tr.stopper.best_step
     periodic = t.save_every_steps and tr.step % t.save_every_steps == 0
     if (periodic or (new_best and t.export)) and tr.step < tr.total_steps:
@@ -377,6 +380,15 @@ def run(cfg: Config) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
     tr = setup(cfg, info)
+    if tr.stopped_early:  # a relaunch of a run that early stopping ended: nothing left to do
+        if info.is_main:
+            print(f"rm-ds: {cfg.logging.run_dir} stopped early at step {tr.step} (eval {cfg.eval.metric} did not "
+                  f"improve for {tr.stopper.bad_evals} evals; best step {tr.stopper.best_step}, "
+                  f"{tr.stopper.best_value}); not training on. Start a new run directory to train further.",
+                  flush=True)
+        tr.logger.close()
+        dist.barrier()
+        return {"steps": tr.step, "stopped_early": 1.0}
     summary = train_loop(tr)
     eval_metrics: dict[str, float] = {}
     if tr.data.eval is not None:
