@@ -31,6 +31,7 @@ field, like any other invalid value (and is skipped and counted under ``skip_inv
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
 import os
@@ -101,6 +102,9 @@ class LoadReport:
     """Reason (e.g. "missing field 'chosen'") -> number of rows skipped for it (skip_invalid=True)."""
     examples: list[str] = field(default_factory=list)
     """The first few skip messages in full, with file, row and field."""
+    fingerprint: str = ""
+    """What was read, for cache keys: sha256 over every resolved file's name, size and bytes, or a hub
+    dataset's ``datasets`` fingerprint (which covers the revision it was loaded at)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ class _Rows:
     """Fields that occur in at least one row (or columns of a table)."""
     by_line: bool
     """True: locs are 1-based line numbers; False: 0-based row indices."""
+    fingerprint: str = ""
+    """Content digest of the file (name, size, bytes), or the hub dataset's ``datasets`` fingerprint."""
 
     def where(self, i: int) -> str:
         return (
@@ -269,7 +275,9 @@ def _read_hub(name: str, split: str | None, wanted: Sequence[str]) -> _Rows:
             f"{name}: expected a map-style dataset, got {type(obj).__name__}"
         )
     label = f"{name}[{split}]" if split else name
-    return _from_table(obj, name=label, stem=label, wanted=wanted)
+    src = _from_table(obj, name=label, stem=label, wanted=wanted)
+    src.fingerprint = f"hub:{name}:{split}:{obj._fingerprint}"
+    return src
 
 
 def _local_files(path_or_name: str) -> list[Path] | None:
@@ -322,8 +330,17 @@ def _read_all(
         else:
             src = _read_parquet(f, name, wanted)
         src.stem = prefix
+        src.fingerprint = _file_digest(f)
         out.append(src)
     return out
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256(f"{path.resolve()}\0{path.stat().st_size}\0".encode())
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _id_prefixes(files: list[Path]) -> list[str]:
@@ -643,7 +660,12 @@ def load_pairs(
     fmt, fmt_origin = _detect_format(sources, chosen_field)
 
     report = LoadReport(
-        source=path_or_name, n_rows=sum(len(s.rows) for s in sources), n_loaded=0
+        source=path_or_name,
+        n_rows=sum(len(s.rows) for s in sources),
+        n_loaded=0,
+        fingerprint=hashlib.sha256(
+            "\0".join(s.fingerprint for s in sources).encode()
+        ).hexdigest(),
     )
     cols: dict[str, list[Any]] = {k: [] for k in TEXT_FEATURES}
     first_seen: dict[str, str] = {}

@@ -93,6 +93,7 @@ def load_split(cfg: Config, tokenizer, path: str, *, split: str, max_pairs: int 
     opts = TokenizeOptions(max_length=d.max_length, overlong=d.overlong, chat_template=d.chat_template,
                            response_separator=d.response_separator)
     key = cache_key(source_digest(resolve_data_path(path), split=split, skip_invalid=d.skip_invalid,
+                                  content=report.fingerprint,  # every file a glob/dir resolves to; hub fingerprint
                                   max_pairs=max_pairs, fields=(d.prompt_field, d.chosen_field, d.rejected_field,
                                                                d.id_field, d.margin_field, d.weight_field,
                                                                d.source_field)), tokenizer, opts)
