@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from rm_ds import dist
-from rm_ds.config import config_to_dict
+from rm_ds.config import ConfigError, config_to_dict, flatten
 from rm_ds.engine import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,12 @@ OLD = ".replaced-"
 """Prefix a complete tag is renamed to for the moment its fresh copy takes its name."""
 # Sections that may change between a run and its resume without changing what is trained.
 _RESUME_FREE = ("logging", "resume", "eval")
+TRAJECTORY_FREE = ("logging.", "resume", "resume_override", "dist.", "eval.every_steps", "eval.token_budget",
+                   "eval.thresholds", "eval.ece_bins", "eval.save_scores", "data.eval_path", "data.eval_split",
+                   "data.max_eval_pairs", "data.num_proc", "train.save_every_steps", "train.keep_checkpoints",
+                   "train.export")
+"""Config keys (or prefixes ending in '.') that a resume may change: they cannot alter the weights' trajectory."""
+OVERRIDES_LOG = "resume_overrides.jsonl"
 
 
 def tag_for(step: int) -> str:
@@ -93,7 +99,7 @@ def save(tr, *, best_step: int | None) -> Path:
     staging = f"{PARTIAL}{tag}"
     state = {"step": tr.step, "sampler": tr.sampler.state_dict(), "stopper": tr.stopper.state_dict(),
              "world_size": tr.info.world_size, "config_hash": config_hash(tr.cfg),
-             "early_stopped": bool(getattr(tr, "stopped_early", False))}
+             "early_stopped": bool(getattr(tr, "stopped_early", False)), "config": config_to_dict(tr.cfg)}
     if tr.info.is_main and (root / staging).exists():
         shutil.rmtree(root / staging)  # left by a run killed while saving
     dist.barrier()
@@ -173,15 +179,45 @@ def find_resume(cfg) -> tuple[Path, str] | None:
     return root, tags[-1]
 
 
+def _free(key: str) -> bool:
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in TRAJECTORY_FREE)
+
+
+def check_resume_config(tr, state: dict, where: Path) -> None:
+    """Refuse to resume a checkpoint into a run whose config differs in a key that changes training,
+    unless ``resume_override`` lists every such key (the override is then recorded in run_dir)."""
+    cfg = tr.cfg
+    if "config" not in state:  # written before checkpoints carried their config
+        if state["config_hash"] != config_hash(cfg) and not cfg.resume_override:
+            raise ConfigError(f"resume: the training config differs from the one {where} was written with (that "
+                              f"checkpoint does not record which keys); start a new run, or list the keys you "
+                              f"changed in resume_override")
+        return
+    old, new = flatten(state["config"]), flatten(config_to_dict(cfg))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _free(k))
+    unapproved = [k for k in changed if k not in cfg.resume_override]
+    if unapproved:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in unapproved)
+        raise ConfigError(f"resume: {where} was written by a run with other settings ({diffs}); resuming would "
+                          f"silently mix two runs. Restore those values, start a new logging.run_dir, or accept "
+                          f"the change with resume_override=[{','.join(unapproved)}] (recorded in the run)")
+    if changed and tr.info.is_main:
+        record = {"step": state["step"], "checkpoint": str(where),
+                  "overrides": {k: [old.get(k), new.get(k)] for k in changed}}
+        with open(Path(cfg.logging.run_dir) / OVERRIDES_LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.warning("resume: overriding %s as resume_override allows (recorded in %s)",
+                    ", ".join(f"{k}={new.get(k)!r}" for k in changed), OVERRIDES_LOG)
+
+
 def restore(tr, root: Path, tag: str) -> None:
     """Load DeepSpeed states and the trainer state saved at ``tag`` into ``tr``."""
     state = json.loads((root / tag / COMPLETE).read_text())
     if state["world_size"] != tr.info.world_size:
-        raise RuntimeError(f"resume: {root / tag} was written by {state['world_size']} ranks and this run has "
+        raise ConfigError(f"resume: {root / tag} was written by {state['world_size']} ranks and this run has "
                            f"{tr.info.world_size}; the global batches would differ, so an exact resume is "
                            f"impossible. Resume with {state['world_size']} ranks, or start a new run.")
-    if state["config_hash"] != config_hash(tr.cfg):
-        log.warning("resume: the training config differs from the one %s was written with", tag)
+    check_resume_config(tr, state, root / tag)
     load_checkpoint(tr.engine, str(root), tag)
     tr.step = state["step"]
     tr.sampler.load_state_dict(state["sampler"])

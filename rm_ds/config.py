@@ -240,6 +240,8 @@ class Config:
     """Where and how often to log."""
     resume: str = "none"
     """none: fresh start; auto: the latest complete checkpoint in run_dir (fresh if none); or a checkpoint dir."""
+    resume_override: tuple[str, ...] = ()
+    """Keys (e.g. [train.lr]) that may differ from the checkpoint's run on resume; recorded in run_dir."""
 
     def __post_init__(self) -> None:
         validate(self)
@@ -286,6 +288,8 @@ def validate(cfg: Config) -> None:
         _check(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation",
                "data.prefix_sharing/packing pass a 4-D block mask, which needs sdpa or eager")
     _check_budgets(cfg)
+    for i, key in enumerate(cfg.resume_override):
+        _check(key in flat_keys(cfg), f"resume_override[{i}]", f"{key!r} is not a config key")
     resolve_ds_config_path(cfg.deepspeed.config)  # raises ConfigError naming deepspeed.config
 
 
@@ -474,6 +478,19 @@ def config_to_dict(cfg: Config) -> dict:
             return {k: conv(v) for k, v in x.items()}
         return x
     return conv(dataclasses.asdict(cfg))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-5}}`` -> ``{"train.lr": 1e-5}``."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def flat_keys(cfg: Config) -> set[str]:
+    return set(flatten(config_to_dict(cfg)))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -75,3 +75,32 @@ def test_an_early_stop_is_remembered(root: Path, tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stopped early at step 2" in again.stdout
     assert train_steps(run_dir) == [1, 2]
+
+
+def test_resume_into_a_different_run_is_refused_naming_the_keys(root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    base = ("train.save_every_steps=2", "train.max_steps=2")
+    first = train(root, run_dir, *base)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    other = train(root, run_dir, *base, "resume=auto", "train.lr=0.05",
+                  "train.global_batch_pairs=4")
+    assert other.returncode == 2, other.stderr[-3000:]
+    line = [x for x in other.stderr.splitlines() if "config error" in x]
+    assert len(line) == 1 and "Traceback" not in other.stderr
+    assert "train.global_batch_pairs: 8 -> 4" in line[0] and "train.lr: 0.001 -> 0.05" in line[0]
+    assert "resume_override=[train.global_batch_pairs,train.lr]" in line[0]
+
+    # logging, the eval schedule and the save schedule cannot change the trajectory: accepted
+    free = train(root, run_dir, *base, "resume=auto", "logging.log_every=2", "eval.every_steps=3",
+                 "train.keep_checkpoints=5")
+    assert free.returncode == 0 and "resumed from" in free.stderr, free.stderr[-3000:]
+    assert not (run_dir / "resume_overrides.jsonl").exists()
+
+    # an explicit override goes through and is recorded
+    ok = train(root, run_dir, "train.save_every_steps=2", "resume=auto", "train.max_steps=4", "train.lr=0.002",
+               "resume_override=[train.lr,train.max_steps]")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    rec = [json.loads(x) for x in (run_dir / "resume_overrides.jsonl").read_text().splitlines()]
+    assert rec[-1]["step"] == 2 and rec[-1]["overrides"] == {"train.lr": [0.001, 0.002], "train.max_steps": [2, 4]}
+    assert train_steps(run_dir)[-1] == 4
