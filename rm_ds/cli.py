@@ -16,7 +16,8 @@ Under the ``deepspeed`` launcher, run it as a module (the launcher adds ``--loca
 Exit codes: 0 success, 2 a config error (also a bad command line), 3 a data error. Those two print
 one line, ``rm-ds: config error: <key>: ...`` or ``rm-ds: data error: <file> line N: field 'f': ...``,
 once (on rank 0). 4: a peer rank died or stopped responding (``rm-ds: rank 0: a collective timed out
-...: rank 1 (pid N) is stopped``), printed by each surviving rank. Anything else is a bug and keeps its
+...: rank 1 (pid N) is stopped``), printed by each surviving rank. 5: a non-finite training step (``rm-ds: step N: non-finite ...``,
+naming the rank, the pair ids and the last good checkpoint). Anything else is a bug and keeps its
 traceback (exit 1).
 """
 
@@ -35,6 +36,8 @@ EXIT_DATA_ERROR = 3
 """Exit status for bad input data (the message names the file, the line and the field)."""
 EXIT_PEER_LOST = 4
 """Exit status of a rank whose peer died or stopped responding (a collective failed or timed out)."""
+EXIT_NON_FINITE = 5
+"""Exit status of a run stopped by a NaN/inf loss or gradient norm (nothing of that step is saved)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"rm-ds: data error: {e}", EXIT_DATA_ERROR)
     except RuntimeError as e:
         from rm_ds import dist
+        from rm_ds.faults import NonFiniteStep
 
+        if isinstance(e, NonFiniteStep):
+            _fail(f"rm-ds: {e}", EXIT_NON_FINITE)
         diagnosis = dist.peer_failure(e)
         if diagnosis is None:
             raise

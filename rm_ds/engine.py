@@ -45,6 +45,8 @@ class StepStats:
     """Micro-steps this step took on each rank."""
     grad_norm: float | None
     lr: float
+    nonfinite_micro: int | None = None
+    """This rank's first micro-batch whose loss was NaN or inf (None: all finite)."""
 
 
 @contextlib.contextmanager
@@ -106,6 +108,7 @@ def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: in
     scale = world_size / global_pairs
     sums = torch.zeros(6, dtype=torch.float64)  # loss, correct, margin, real, computed, unshared tokens
     lc = cfg.loss
+    nonfinite, own_norm = None, None
     for i, batch in enumerate(micro_batches):
         engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
         chosen, rejected = rewards(engine, batch)
@@ -113,7 +116,12 @@ def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: in
                            label_smoothing=lc.label_smoothing, weight=batch["weight"], reward_l2=lc.reward_l2)
         mask = batch["pair_mask"]
         # scale the summed loss so the accumulated, rank-averaged gradient is the mean over all pairs
-        engine.backward((per_pair * mask).sum() * scale, scale_wrt_gas=False)
+        micro_loss = (per_pair * mask).sum()
+        if nonfinite is None and not bool(torch.isfinite(micro_loss.detach())):
+            nonfinite = i
+        engine.backward(micro_loss * scale, scale_wrt_gas=False)
+        if i == len(micro_batches) - 1 and zero_stage(engine.config) == 0:
+            own_norm = _grad_norm(engine)  # ZeRO-0 clips without keeping the norm: measure it before the step
         engine.step()
         with torch.no_grad():
             diff = (chosen - rejected).double()
@@ -125,10 +133,19 @@ def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: in
                                               dtype=torch.float64)])
     g = dist.all_reduce_sum(sums)
     grad_norm = engine.get_global_grad_norm()
+    if grad_norm is None:
+        grad_norm = own_norm
     return StepStats(loss=float(g[0] / global_pairs), accuracy=float(g[1] / global_pairs),
                      margin=float(g[2] / global_pairs), n_pairs=int(global_pairs), real_tokens=int(g[3]),
                      computed_tokens=int(g[4]), unshared_tokens=int(g[5]), micro_steps=len(micro_batches),
-                     grad_norm=None if grad_norm is None else float(grad_norm), lr=float(engine.get_lr()[0]))
+                     grad_norm=None if grad_norm is None else float(grad_norm), lr=float(engine.get_lr()[0]),
+                     nonfinite_micro=nonfinite)
+
+
+def _grad_norm(engine) -> float:
+    """L2 norm of the (already rank-averaged) gradients of a ZeRO-0 engine, every parameter whole."""
+    norms = [p.grad.detach().double().norm() for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ shut down. All rank logic is in ``rm_ds.dist``; every rank runs the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rm_ds import checkpoint, dist
+from rm_ds import checkpoint, dist, faults
 from rm_ds.builtin import rm_ds_home
 from rm_ds.collate import make_collate
 from rm_ds.config import Config, build_ds_config, check_train_plan, save_config
@@ -343,6 +344,13 @@ def train_loop(tr: Trainer, *, on_step=None) -> dict[str, float]:
             stats = train_step(tr.engine, batches, cfg, world_size=info.world_size)
             dt = time.perf_counter() - t0
             tr.step += 1
+            if not faults.step_is_finite(stats.loss, stats.grad_norm):  # the same verdict on every rank
+                ids = tr.data.train["pair_id"]
+                found = checkpoint.find_resume(dataclasses.replace(cfg, resume="auto"))
+                raise faults.diagnose(step=tr.step, loss=stats.loss, grad_norm=stats.grad_norm, rank=info.rank,
+                                      local_micro=stats.nonfinite_micro,
+                                      micro_pair_ids=[[ids[int(i)] for i in mb] for mb in micro_idx],
+                                      last_good=None if found is None else found[0] / found[1])
             totals["pairs"] += stats.n_pairs
             totals["real"] += stats.real_tokens
             totals["computed"] += stats.computed_tokens
