@@ -29,8 +29,8 @@ import torch
 from rm_ds import checkpoint, dist, faults
 from rm_ds.builtin import rm_ds_home
 from rm_ds.collate import make_collate
-from rm_ds.config import Config, build_ds_config, check_train_plan, save_config
-from rm_ds.data import load_pairs
+from rm_ds.config import Config, ConfigError, build_ds_config, check_train_plan, save_config
+from rm_ds.data import DataError, load_pairs
 from rm_ds.engine import build_engine, model_build_context, train_step
 from rm_ds.evaluate import compute_metrics, gather_scores
 from rm_ds.metrics import fit_temperature
@@ -60,7 +60,7 @@ def resolve_data_path(path: str) -> str:
         return path
     name = path[len("builtin:"):]
     if name not in ("wordnet/train", "wordnet/eval"):
-        raise ValueError(f"data path {path!r}: unknown builtin (known: builtin:wordnet/train, builtin:wordnet/eval)")
+        raise ConfigError(f"data path {path!r}: unknown builtin (known: builtin:wordnet/train, builtin:wordnet/eval)")
     from rm_ds.wordnet import build_wordnet_pairs
 
     out = rm_ds_home() / "data" / "wordnet"
@@ -104,7 +104,8 @@ def load_split(cfg: Config, tokenizer, path: str, *, split: str, max_pairs: int 
     note = f"{path}: {report.n_loaded} valid of {report.n_rows} rows" + (
         f" ({skipped} skipped: {dict(report.skipped)})" if skipped else "") + f"; tokenized {treport.summary()}"
     if len(tok) == 0:
-        raise ValueError(f"{path}: no pairs left after tokenization ({treport.summary()})")
+        raise DataError(f"{path}: no pairs left after tokenization ({treport.summary()}); raise data.max_length "
+                        f"or check the data")
     return tok, note
 
 
@@ -430,7 +431,7 @@ def run_eval(cfg: Config) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
     if not cfg.data.eval_path:
-        raise ValueError("data.eval_path: rm-ds eval needs an eval dataset")
+        raise ConfigError("data.eval_path: rm-ds eval needs an eval dataset")
     tr = setup(cfg, info, training=False)
     metrics = evaluate_and_log(tr, 0)
     if info.is_main:
