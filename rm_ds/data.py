@@ -102,7 +102,7 @@ class LoadReport:
     """Reason (e.g. "missing field 'chosen'") -> number of rows skipped for it (skip_invalid=True)."""
     examples: list[str] = field(default_factory=list)
     """The first few skip messages in full, with file, row and field."""
-    fingerprint: str = ""
+    fingerprint: str = field(default="", compare=False)
     """What was read, for cache keys: sha256 over every resolved file's name, size and bytes, or a hub
     dataset's ``datasets`` fingerprint (which covers the revision it was loaded at)."""
 

@@ -126,3 +126,23 @@ def test_sigstop_of_a_rank_times_out_with_a_diagnosis(setup_root: Path) -> None:
     assert waited < TIMEOUT_S + 30 and code != 0, log[-3000:]
     assert "rm-ds: rank 0: a collective timed out (dist.timeout_s): a rank stopped responding" in log, log[-3000:]
     assert "rank 1 (pid" in log and "is stopped" in log, log[-3000:]
+
+
+def _slow_rank0_then_wait(seconds: float) -> float:
+    from rm_ds import dist
+
+    info = dist.current()
+    if info.rank == 0:
+        time.sleep(seconds)  # rank 0 alone: an export, filling the tokenised cache
+    t0 = time.monotonic()
+    dist.wait_for_all()
+    dist.barrier()  # the short-timeout group still works afterwards
+    return time.monotonic() - t0
+
+
+def test_waiting_for_rank_0_alone_does_not_trip_the_collective_timeout() -> None:
+    from tests.harness import run_distributed
+
+    waited = run_distributed(_slow_rank0_then_wait, world_size=2, args=(4.0,),
+                             init={"timeout_s": 1.5, "wait_timeout_s": 60})
+    assert waited[1] > 3.0  # rank 1 waited past dist.timeout_s without failing
