@@ -80,11 +80,11 @@ def long_prompt_pairs(pairs: list[dict], *, seed: int) -> list[dict]:
 
 def prepare(work: Path, *, n_pairs: int, models: list[str], datasets: list[str], seed: int) -> dict:
     """Model folders and tokenised pair files (rm_ds tokenisation, over-cap pairs dropped)."""
-    from rm_ds.builtin import build_tiny_llama, resolve_model
+    from rm_ds.builtin import build_tiny_llama, resolve_model, rm_ds_home
     from rm_ds.data import load_pairs
     from rm_ds.model import load_tokenizer
     from rm_ds.tokenize import TokenizeOptions, tokenize_pairs
-    from rm_ds.train import resolve_data_path
+    from rm_ds.dataset import resolve_data_path
 
     paths = {}
     for m in models:
@@ -96,7 +96,8 @@ def prepare(work: Path, *, n_pairs: int, models: list[str], datasets: list[str],
                 build_tiny_llama(folder, seed=0, **MODELS[m])
             paths[m] = str(folder)
     tokenizer = load_tokenizer(paths[models[0]])  # all models share the MiniLM WordPiece tokenizer
-    src = [json.loads(line) for line in open(resolve_data_path("builtin:wordnet/train"))][: 3 * n_pairs]
+    train_file = resolve_data_path("builtin:wordnet/train", builtin_dir=rm_ds_home() / "data")
+    src = [json.loads(line) for line in open(train_file)][: 3 * n_pairs]
     files = {}
     for name in datasets:
         raw = src if name == "wordnet" else long_prompt_pairs(src, seed=seed)
@@ -144,6 +145,7 @@ def run_rm_ds(spec: dict) -> dict:
     from rm_ds.collate import make_collate
     from rm_ds.config import build_ds_config, load_config
     from rm_ds.engine import build_engine, train_step
+    from rm_ds.loss import make_loss_fn
     from rm_ds.model import build_reward_model, load_tokenizer, resolve_pad_token
     from rm_ds.packing import pair_lengths, sampler_cost
     from rm_ds.sampler import PairSampler, SamplerConfig
@@ -182,10 +184,11 @@ def run_rm_ds(spec: dict) -> dict:
     if spec["engine"] == "deepspeed":  # the product's step: pair-count scaling, DeepSpeed clip and step
         info = dist.init()
         ds_config = build_ds_config(cfg, world_size=1, max_micro_steps=max(len(s[0]) for s in timed + warm))
-        engine = build_engine(model, cfg, ds_config, total_steps=steps)
+        engine = build_engine(model, ds_config, cfg.train, total_steps=steps)
+        loss_fn = make_loss_fn(cfg.loss)
 
         def step(batches: list[dict]) -> int:
-            return train_step(engine, batches, cfg, world_size=info.world_size).n_pairs
+            return train_step(engine, batches, loss_fn=loss_fn, world_size=info.world_size).n_pairs
     else:  # plain torch around the same rewards/loss code: what TRL's Trainer does around its model
         import torch
 

@@ -6,19 +6,18 @@ Layout under ``run_dir/checkpoints/``::
         rng_rank0.pt ...      each rank's RNG states (dropout streams differ per rank)
         COMPLETE              written last, after every rank has finished writing
     latest                    name of the newest COMPLETE checkpoint, replaced atomically
-    .partial-step_00000050/   a checkpoint being written (renamed to its tag once complete)
 
-A checkpoint is written into a fresh ``.partial-`` directory, marked complete, then renamed to its
-tag, and only then does ``latest`` move: a run killed while saving leaves the previous good
-checkpoint, and ``latest``, untouched, and a complete tag is never written into. Retention keeps the last
+A checkpoint is written into a fresh ``.partial-step_*`` directory, marked complete, then renamed to
+its tag, and only then does ``latest`` move: a run killed while saving leaves the previous good
+checkpoint, and ``latest``, untouched, and a complete tag is never written into. rm_ds's own files
+(``rng_rank*.pt``, ``COMPLETE``) load without unpickling (``weights_only=True``, JSON); DeepSpeed's
+shards are pickles: load checkpoints only from run directories you trust. Retention keeps the last
 ``train.keep_checkpoints`` plus the best step's checkpoint.
 
-rm_ds's own files (``rng_rank*.pt``, ``COMPLETE``) load without unpickling (``weights_only=True``,
-JSON). DeepSpeed's shards are pickles: load checkpoints only from run directories you trust.
-
-Trainer state: step, sampler position (epoch, step in epoch), early-stopping state (best metric and
-counter), world size (a resume on another world size would change the global batches, so it is
-refused), and a hash of the training-relevant config.
+Run state (``rm_ds.run_state.RunState``): step, sampler position (epoch, step in epoch),
+early-stopping state (best metric and counter) and RNG; plus the world size (a resume on another
+world size would change the global batches, so it is refused) and a hash of the training-relevant
+config. The layout and the engine-free readers are in ``rm_ds.checkpoint_files``.
 """
 
 from __future__ import annotations
@@ -27,42 +26,40 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import signal
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from rm_ds import dist
+from rm_ds.checkpoint_files import (
+    COMPLETE,
+    LATEST,
+    OLD,
+    PARTIAL,
+    checkpoint_root,
+    complete_tags,
+    find_resume,
+    read_state,
+    tag_for,
+)
 from rm_ds.config import ConfigError, config_to_dict, flatten
 from rm_ds.engine import load_checkpoint, save_checkpoint
+from rm_ds.run_state import RunState
+
+__all__ = ["COMPLETE", "LATEST", "checkpoint_root", "complete_tags", "config_hash", "fault", "find_resume", "prune",
+           "restore", "save", "tag_for"]
 
 log = logging.getLogger(__name__)
-
-COMPLETE = "COMPLETE"
-LATEST = "latest"
-PARTIAL = ".partial-"
-"""Prefix of the directory a checkpoint is written into before it is complete."""
-OLD = ".replaced-"
-"""Prefix a complete tag is renamed to for the moment its fresh copy takes its name."""
 # Sections that may change between a run and its resume without changing what is trained.
 _RESUME_FREE = ("logging", "resume", "eval")
 TRAJECTORY_FREE = ("logging.", "resume", "resume_override", "dist.", "eval.every_steps", "eval.token_budget",
                    "eval.thresholds", "eval.ece_bins", "eval.save_scores", "data.eval_path", "data.eval_split",
-                   "data.max_eval_pairs", "data.num_proc", "train.save_every_steps", "train.keep_checkpoints",
-                   "train.export")
+                   "data.max_eval_pairs", "data.num_proc", "data.cache_dir", "train.save_every_steps",
+                   "train.keep_checkpoints", "train.export")
 """Config keys (or prefixes ending in '.') that a resume may change: they cannot alter the weights' trajectory."""
 OVERRIDES_LOG = "resume_overrides.jsonl"
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def config_hash(cfg) -> str:
@@ -86,29 +83,32 @@ def fault(point: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save(tr, *, best_step: int | None) -> Path:
-    """Checkpoint the trainer at ``tr.step`` on every rank; rank 0 marks it complete and prunes.
+def save(engine, state: RunState, *, run_dir: str | Path, rank: int, world_size: int, cfg_hash: str,
+         keep_last: int, config: dict | None = None) -> Path:
+    """Checkpoint ``engine`` and ``state`` at ``state.step`` on every rank; rank 0 marks it complete and
+    prunes to the last ``keep_last`` plus the best step's checkpoint. ``config``: the resolved config
+    tree, saved so that a resume can name the keys that differ.
 
     Never writes into a tag that is already marked complete (a run resumed from its final checkpoint
     saves that step again): every rank writes into a fresh hidden directory, rank 0 marks it
     ``COMPLETE`` and only then renames it to the tag (the old copy moved aside first) and moves
     ``latest``. A kill at any point leaves the previous complete checkpoint intact.
     """
-    root = checkpoint_root(tr.cfg.logging.run_dir)
-    tag = tag_for(tr.step)
+    root = checkpoint_root(run_dir)
+    tag = tag_for(state.step)
     staging = f"{PARTIAL}{tag}"
-    state = {"step": tr.step, "sampler": tr.sampler.state_dict(), "stopper": tr.stopper.state_dict(),
-             "world_size": tr.info.world_size, "config_hash": config_hash(tr.cfg),
-             "early_stopped": bool(getattr(tr, "stopped_early", False)), "config": config_to_dict(tr.cfg)}
-    if tr.info.is_main and (root / staging).exists():
+    full = state.state_dict()
+    rng = full.pop("rng")
+    saved = {**full, "world_size": world_size, "config_hash": cfg_hash, "config": config}
+    if rank == 0 and (root / staging).exists():
         shutil.rmtree(root / staging)  # left by a run killed while saving
     dist.barrier()
-    save_checkpoint(tr.engine, str(root), staging, {"rm_ds": state})
-    torch.save(rng_state(), root / staging / f"rng_rank{tr.info.rank}.pt")
+    save_checkpoint(engine, str(root), staging, {"rm_ds": saved})
+    torch.save(rng, root / staging / f"rng_rank{rank}.pt")
     dist.barrier()
-    fault("in_save", tr.step)
-    if tr.info.is_main:
-        (root / staging / COMPLETE).write_text(json.dumps(state) + "\n")
+    fault("in_save", state.step)
+    if rank == 0:
+        (root / staging / COMPLETE).write_text(json.dumps(saved) + "\n")
         old = root / f"{OLD}{tag}"
         if (root / tag).exists():
             os.replace(root / tag, old)
@@ -117,35 +117,11 @@ def save(tr, *, best_step: int | None) -> Path:
         tmp.write_text(tag + "\n")
         os.replace(tmp, root / LATEST)
         shutil.rmtree(old, ignore_errors=True)
-        prune(root, keep_last=tr.cfg.train.keep_checkpoints, keep={tag_for(best_step)} if best_step else set())
+        best = state.best_step
+        prune(root, keep_last=keep_last, keep={tag_for(best)} if best else set())
     dist.wait_for_all()  # rank 0 marked and pruned alone
     log.info("checkpoint %s saved", root / tag)
     return root / tag
-
-
-def rng_state() -> dict:
-    """Python, NumPy and torch RNG states as tensors, ints and tuples only, so that the file loads with
-    ``torch.load(weights_only=True)`` (no pickled objects: rm_ds's own files never need a trusted source)."""
-    version, keys, gauss = random.getstate()
-    name, mt, pos, has_gauss, cached = np.random.get_state()
-    return {"python": {"version": version, "state": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
-            "numpy": {"name": name, "keys": torch.from_numpy(mt.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "torch": torch.get_rng_state()}
-
-
-def set_rng_state(rng: dict) -> None:
-    """Inverse of ``rng_state``."""
-    py = rng["python"]
-    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    npy = rng["numpy"]
-    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
-    torch.set_rng_state(rng["torch"])
-
-
-def complete_tags(root: Path) -> list[str]:
-    return sorted(p.name for p in root.glob("step_*") if (p / COMPLETE).exists())
 
 
 def prune(root: Path, *, keep_last: int, keep: set[str]) -> None:
@@ -159,41 +135,20 @@ def prune(root: Path, *, keep_last: int, keep: set[str]) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def find_resume(cfg) -> tuple[Path, str] | None:
-    """The checkpoint ``cfg.resume`` asks for: (root, tag), or None to start fresh."""
-    if cfg.resume == "none":
-        return None
-    if cfg.resume != "auto":
-        p = Path(cfg.resume)
-        if not (p / COMPLETE).exists():
-            raise FileNotFoundError(f"resume: {p} is not a complete rm_ds checkpoint (no {COMPLETE} file)")
-        return p.parent, p.name
-    root = checkpoint_root(cfg.logging.run_dir)
-    tags = complete_tags(root) if root.is_dir() else []
-    if not tags:
-        return None
-    latest = (root / LATEST).read_text().strip() if (root / LATEST).exists() else None
-    if latest in tags:
-        return root, latest
-    log.warning("resume: %s names no complete checkpoint; using %s", root / LATEST, tags[-1])
-    return root, tags[-1]
-
-
 def _free(key: str) -> bool:
     return any(key.startswith(k) if k.endswith(".") else key == k for k in TRAJECTORY_FREE)
 
 
-def check_resume_config(tr, state: dict, where: Path) -> None:
+def check_resume_config(saved: dict, cfg, where: Path, *, rank: int) -> None:
     """Refuse to resume a checkpoint into a run whose config differs in a key that changes training,
-    unless ``resume_override`` lists every such key (the override is then recorded in run_dir)."""
-    cfg = tr.cfg
-    if "config" not in state:  # written before checkpoints carried their config
-        if state["config_hash"] != config_hash(cfg) and not cfg.resume_override:
+    unless ``cfg.resume_override`` lists every such key (the override is then recorded in run_dir)."""
+    if saved.get("config") is None:  # written before checkpoints carried their config
+        if saved["config_hash"] != config_hash(cfg) and not cfg.resume_override:
             raise ConfigError(f"resume: the training config differs from the one {where} was written with (that "
                               f"checkpoint does not record which keys); start a new run, or list the keys you "
                               f"changed in resume_override")
         return
-    old, new = flatten(state["config"]), flatten(config_to_dict(cfg))
+    old, new = flatten(saved["config"]), flatten(config_to_dict(cfg))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _free(k))
     unapproved = [k for k in changed if k not in cfg.resume_override]
     if unapproved:
@@ -201,8 +156,8 @@ def check_resume_config(tr, state: dict, where: Path) -> None:
         raise ConfigError(f"resume: {where} was written by a run with other settings ({diffs}); resuming would "
                           f"silently mix two runs. Restore those values, start a new logging.run_dir, or accept "
                           f"the change with resume_override=[{','.join(unapproved)}] (recorded in the run)")
-    if changed and tr.info.is_main:
-        record = {"step": state["step"], "checkpoint": str(where),
+    if changed and rank == 0:
+        record = {"step": saved["step"], "checkpoint": str(where),
                   "overrides": {k: [old.get(k), new.get(k)] for k in changed}}
         with open(Path(cfg.logging.run_dir) / OVERRIDES_LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -210,21 +165,24 @@ def check_resume_config(tr, state: dict, where: Path) -> None:
                     ", ".join(f"{k}={new.get(k)!r}" for k in changed), OVERRIDES_LOG)
 
 
-def restore(tr, root: Path, tag: str) -> None:
-    """Load DeepSpeed states and the trainer state saved at ``tag`` into ``tr``."""
-    state = json.loads((root / tag / COMPLETE).read_text())
-    if state["world_size"] != tr.info.world_size:
-        raise ConfigError(f"resume: {root / tag} was written by {state['world_size']} ranks and this run has "
-                           f"{tr.info.world_size}; the global batches would differ, so an exact resume is "
-                           f"impossible. Resume with {state['world_size']} ranks, or start a new run.")
-    check_resume_config(tr, state, root / tag)
-    load_checkpoint(tr.engine, str(root), tag)
-    tr.step = state["step"]
-    tr.sampler.load_state_dict(state["sampler"])
-    tr.stopper.load_state_dict(state["stopper"])
-    tr.stopped_early = bool(state.get("early_stopped", False))
-    rng_file = root / tag / f"rng_rank{tr.info.rank}.pt"
-    if rng_file.exists():
-        set_rng_state(torch.load(rng_file, weights_only=True))
-    log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", root / tag, tr.step,
-             state["sampler"]["epoch"], state["sampler"]["step"])
+def restore(engine, state: RunState, root: Path, tag: str, *, rank: int, world_size: int, cfg_hash: str,
+            cfg=None) -> None:
+    """Load DeepSpeed states into ``engine`` and the run state saved at ``tag`` into ``state``.
+
+    With ``cfg`` (the new run's config) a checkpoint written with other training settings is refused,
+    naming the keys (``check_resume_config``)."""
+    saved = read_state(root, tag)
+    if saved["world_size"] != world_size:
+        raise ConfigError(f"resume: {root / tag} was written by {saved['world_size']} ranks and this run has "
+                           f"{world_size}; the global batches would differ, so an exact resume is "
+                           f"impossible. Resume with {saved['world_size']} ranks, or start a new run.")
+    if cfg is not None:
+        check_resume_config(saved, cfg, root / tag, rank=rank)
+    elif saved["config_hash"] != cfg_hash:
+        log.warning("resume: the training config differs from the one %s was written with", tag)
+    load_checkpoint(engine, str(root), tag)
+    rng_file = root / tag / f"rng_rank{rank}.pt"
+    rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
+    state.load_state_dict({**saved, "rng": rng})
+    log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", root / tag, state.step,
+             saved["sampler"]["epoch"], saved["sampler"]["step"])

@@ -16,9 +16,9 @@ Under the ``deepspeed`` launcher, run it as a module (the launcher adds ``--loca
 Exit codes: 0 success, 2 a config error (also a bad command line), 3 a data error. Those two print
 one line, ``rm-ds: config error: <key>: ...`` or ``rm-ds: data error: <file> line N: field 'f': ...``,
 once (on rank 0). 4: a peer rank died or stopped responding (``rm-ds: rank 0: a collective timed out
-...: rank 1 (pid N) is stopped``), printed by each surviving rank. 5: a non-finite training step (``rm-ds: step N: non-finite ...``,
-naming the rank, the pair ids and the last good checkpoint). Anything else is a bug and keeps its
-traceback (exit 1).
+...: rank 1 (pid N) is stopped``), printed by each surviving rank. 5: a non-finite training step
+(``rm-ds: step N: non-finite ...``, naming the rank, the pair ids and the last good checkpoint).
+Anything else is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def _main(argv: list[str] | None) -> None:
         if args.mpi:
             from rm_ds import dist
 
-            dist.init(mpi_discovery=True, timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)  # train/eval then find the process group already formed
+            # train/eval then find the process group already formed
+            dist.init(mpi_discovery=True, timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
         from rm_ds.train import main as train_main
 
         train_main(cfg, command=args.command)

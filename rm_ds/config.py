@@ -55,7 +55,7 @@ class ModelConfig:
 
 
 @dataclass
-class LoraSection:
+class LoraConfig:
     enabled: bool = False
     """Train LoRA adapters (PEFT) instead of all weights; the reward head is always fully trainable."""
     r: int = 8
@@ -112,6 +112,8 @@ class DataConfig:
     """Text placed before the response when no chat template is used."""
     num_proc: int = 1
     """Worker processes for tokenisation (datasets.map)."""
+    cache_dir: str | None = None
+    """Folder for the tokenised-data cache (None: <rm_ds_home>/cache/tokenized)."""
     prefix_sharing: bool = False
     """Score each pair as one row [prompt|chosen|rejected] with a block mask (last-token decoder models only)."""
     packing: bool = False
@@ -171,7 +173,7 @@ class LossConfig:
 
 
 @dataclass
-class DeepSpeedSection:
+class DeepSpeedConfig:
     config: str = "zero2"
     """A name in ds_configs/ (zero0, zero2, zero3, zero3_offload) or a path to a JSON file."""
 
@@ -222,7 +224,7 @@ class DistSection:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The reward model backbone."""
-    lora: LoraSection = field(default_factory=LoraSection)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters (off by default: full fine-tuning)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Preference data and tokenisation."""
@@ -230,7 +232,7 @@ class Config:
     """Batching, optimizer and schedule."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Bradley-Terry loss options."""
-    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     """DeepSpeed engine settings."""
     dist: DistSection = field(default_factory=DistSection)
     """Process-group timeouts (stuck or dead ranks)."""

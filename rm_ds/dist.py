@@ -27,6 +27,8 @@ class DistInfo:
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: int
+    """Ranks on this node (LOCAL_WORLD_SIZE from the launcher or MPI; the world size when unset)."""
 
     @property
     def is_main(self) -> bool:
@@ -125,8 +127,9 @@ def _mpi_env() -> dict[str, str]:
 
 def current() -> DistInfo:
     """The DistInfo of an already initialised process group."""
-    return DistInfo(rank=tdist.get_rank(), world_size=tdist.get_world_size(),
-                    local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    world = tdist.get_world_size()
+    return DistInfo(rank=tdist.get_rank(), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+                    local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def _skip_shm_comm_build() -> None:
@@ -191,6 +194,7 @@ def gather_rows(local: torch.Tensor) -> torch.Tensor:
 
 
 def gather_objects(obj) -> list:
+    """Every rank's picklable ``obj``, in rank order, on every rank."""
     if not (tdist.is_initialized() and tdist.get_world_size() > 1):
         return [obj]
     out = [None] * tdist.get_world_size()

@@ -20,8 +20,8 @@ import transformers
 from transformers.integrations import HfDeepSpeedConfig
 
 from rm_ds import dist
-from rm_ds.config import Config, zero_stage
-from rm_ds.loss import bt_loss
+from rm_ds.config import TrainConfig, zero_stage
+from rm_ds.loss import LossFn
 from rm_ds.model import rewards
 
 
@@ -69,19 +69,20 @@ def model_build_context(ds_config: dict):
         yield
 
 
-def build_engine(model, cfg: Config, ds_config: dict, *, total_steps: int, head: str | None = None):
+def build_engine(model, ds_config: dict, train: TrainConfig, *, total_steps: int, head: str | None = None,
+                 head_lr: float | None = None):
     """deepspeed.initialize with a client AdamW (no FusedAdam JIT on CPU) and a warmup schedule.
 
-    With ``lora.head_lr`` the reward head (named ``head``) gets its own learning rate; the schedule
-    scales both groups alike.
+    With ``head_lr`` (LoRA's ``lora.head_lr``) the reward head (named ``head``) gets its own learning
+    rate; the schedule scales both groups alike. ``train`` gives the optimizer and schedule settings.
     """
-    t = cfg.train
+    t = train
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.lora.enabled and cfg.lora.head_lr is not None and head is not None:
+    if head_lr is not None and head is not None:
         from rm_ds.model import is_head_param
 
         groups = [{"params": [p for n, p in named if not is_head_param(n, head)], "lr": t.lr},
-                  {"params": [p for n, p in named if is_head_param(n, head)], "lr": cfg.lora.head_lr}]
+                  {"params": [p for n, p in named if is_head_param(n, head)], "lr": head_lr}]
     else:
         groups = [{"params": [p for _, p in named], "lr": t.lr}]
     if zero_stage(ds_config) == 3 and ds_config["bf16"]["enabled"]:
@@ -99,21 +100,27 @@ def build_engine(model, cfg: Config, ds_config: dict, *, total_steps: int, head:
     return engine
 
 
-def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: int) -> StepStats:
-    """One optimizer step over this rank's micro-batches (every rank passes the same count)."""
+STEP_SUMS = ("loss", "correct", "margin", "real_tokens", "computed_tokens", "unshared_tokens")
+"""What a step sums over its micro-batches and ranks (float64, one all-reduce for all of them)."""
+
+
+def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size: int) -> StepStats:
+    """One optimizer step over this rank's micro-batches (every rank passes the same count).
+
+    ``loss_fn(chosen, rejected, batch)`` returns the per-pair loss; the step masks filler pairs and
+    reduces it once by the global pair count.
+    """
     local_pairs = sum(b["n_pairs"] for b in micro_batches)
     global_pairs = float(dist.all_reduce_sum([local_pairs])[0])  # the one all-reduce of counts
     if global_pairs <= 0:
         raise RuntimeError("optimizer step with no pairs on any rank")
     scale = world_size / global_pairs
-    sums = torch.zeros(6, dtype=torch.float64)  # loss, correct, margin, real, computed, unshared tokens
-    lc = cfg.loss
+    sums = {k: torch.zeros((), dtype=torch.float64) for k in STEP_SUMS}
     nonfinite, own_norm = None, None
     for i, batch in enumerate(micro_batches):
         engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
         chosen, rejected = rewards(engine, batch)
-        per_pair = bt_loss(chosen, rejected, beta=lc.beta, margin=batch["margin"],
-                           label_smoothing=lc.label_smoothing, weight=batch["weight"], reward_l2=lc.reward_l2)
+        per_pair = loss_fn(chosen, rejected, batch)
         mask = batch["pair_mask"]
         # scale the summed loss so the accumulated, rank-averaged gradient is the mean over all pairs
         micro_loss = (per_pair * mask).sum()
@@ -126,20 +133,21 @@ def train_step(engine, micro_batches: list[dict], cfg: Config, *, world_size: in
         with torch.no_grad():
             diff = (chosen - rejected).double()
             correct = (diff > 0).double() + 0.5 * (diff == 0).double()
-            sums += torch.stack([(per_pair.double() * mask).sum(), (correct * mask).sum(), (diff * mask).sum(),
-                                 torch.tensor(float(batch["real_tokens"]), dtype=torch.float64),
-                                 torch.tensor(float(batch["computed_tokens"]), dtype=torch.float64),
-                                 torch.tensor(float(batch.get("unshared_tokens", batch["real_tokens"])),
-                                              dtype=torch.float64)])
-    g = dist.all_reduce_sum(sums)
+            sums["loss"] += (per_pair.double() * mask).sum()
+            sums["correct"] += (correct * mask).sum()
+            sums["margin"] += (diff * mask).sum()
+            sums["real_tokens"] += float(batch["real_tokens"])
+            sums["computed_tokens"] += float(batch["computed_tokens"])
+            sums["unshared_tokens"] += float(batch.get("unshared_tokens", batch["real_tokens"]))
+    g = dict(zip(STEP_SUMS, dist.all_reduce_sum(torch.stack([sums[k] for k in STEP_SUMS])).tolist()))
     grad_norm = engine.get_global_grad_norm()
     if grad_norm is None:
         grad_norm = own_norm
-    return StepStats(loss=float(g[0] / global_pairs), accuracy=float(g[1] / global_pairs),
-                     margin=float(g[2] / global_pairs), n_pairs=int(global_pairs), real_tokens=int(g[3]),
-                     computed_tokens=int(g[4]), unshared_tokens=int(g[5]), micro_steps=len(micro_batches),
-                     grad_norm=None if grad_norm is None else float(grad_norm), lr=float(engine.get_lr()[0]),
-                     nonfinite_micro=nonfinite)
+    return StepStats(loss=g["loss"] / global_pairs, accuracy=g["correct"] / global_pairs,
+                     margin=g["margin"] / global_pairs, n_pairs=int(global_pairs), real_tokens=int(g["real_tokens"]),
+                     computed_tokens=int(g["computed_tokens"]), unshared_tokens=int(g["unshared_tokens"]),
+                     micro_steps=len(micro_batches), grad_norm=None if grad_norm is None else float(grad_norm),
+                     lr=float(engine.get_lr()[0]), nonfinite_micro=nonfinite)
 
 
 def _grad_norm(engine) -> float:
@@ -183,20 +191,3 @@ def load_checkpoint(engine, root: str, tag: str) -> dict:
     if path is None:
         raise FileNotFoundError(f"{root}/{tag}: DeepSpeed found no checkpoint to load")
     return client_state or {}
-
-
-def consolidated_state_dict(ckpt_dir: str, tag: str) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a (possibly ZeRO-sharded) checkpoint, in one process, no ranks needed."""
-    from pathlib import Path
-
-    d = Path(ckpt_dir) / tag
-    if any(d.glob("*optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-    else:  # ZeRO-0: the module states file holds the full weights
-        files = sorted(d.glob("mp_rank_*_model_states.pt"))
-        if not files:
-            raise FileNotFoundError(f"{d}: no DeepSpeed model states file")
-        sd = torch.load(files[0], map_location="cpu", weights_only=True)["module"]  # plain tensors and containers
-    return {k: v.float() for k, v in sd.items()}

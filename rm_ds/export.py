@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rm_ds.checkpoint import COMPLETE, checkpoint_root, complete_tags
+from rm_ds.checkpoint_files import checkpoint_root, complete_tags, consolidated_state_dict, read_state
 from rm_ds.config import Config, load_config
-from rm_ds.engine import consolidated_state_dict
 from rm_ds.model import apply_lora, head_name, load_model_config, load_tokenizer, pools_last_token, resolve_pad_token
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ def export_run(run_dir: str | Path, *, step: str = "final", out: str | Path | No
     cfg = load_config(run_dir / "config.yaml")
     tag = resolve_step(run_dir, step)
     out = Path(out) if out else run_dir / "export" / step
-    state = json.loads((checkpoint_root(run_dir) / tag / COMPLETE).read_text())
+    state = read_state(checkpoint_root(run_dir), tag)
     sd = consolidated_state_dict(str(checkpoint_root(run_dir)), tag)
     tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     model = build_cpu_model(cfg, sd, tokenizer)

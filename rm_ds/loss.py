@@ -12,8 +12,15 @@ reward-magnitude regulariser, which keeps rewards centred near zero (it is added
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+from rm_ds.config import LossConfig
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
+"""``loss_fn(chosen, rejected, batch) -> per-pair loss (B,)``; per-pair inputs come from the collated batch."""
 
 
 def bt_loss(
@@ -40,3 +47,14 @@ def bt_loss(
     if reward_l2:
         loss = loss + reward_l2 * 0.5 * (chosen.square() + rejected.square())
     return loss
+
+
+def make_loss_fn(cfg: LossConfig) -> LossFn:
+    """The configured loss as ``loss_fn(chosen, rejected, batch)``, reading ``batch["margin"]`` and
+    ``batch["weight"]`` (one value per pair); the engine calls it and never names a loss."""
+
+    def loss_fn(chosen: torch.Tensor, rejected: torch.Tensor, batch: dict) -> torch.Tensor:
+        return bt_loss(chosen, rejected, beta=cfg.beta, margin=batch["margin"], label_smoothing=cfg.label_smoothing,
+                       weight=batch["weight"], reward_l2=cfg.reward_l2)
+
+    return loss_fn

@@ -30,6 +30,7 @@ __all__ = [
     "reliability_bins",
     "fit_temperature",
     "pairwise_metrics",
+    "both_orientations",
 ]
 
 TEMPERATURE_MIN = 1e-2
@@ -286,6 +287,17 @@ def fit_temperature(margins: np.ndarray, *, beta: float = 1.0, weight: np.ndarra
     return float(np.clip(1.0 / s, TEMPERATURE_MIN, TEMPERATURE_MAX))
 
 
+def both_orientations(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair scored both ways: ``(prob, label)`` = ``([sigmoid(z), sigmoid(-z)], [1..., 0...])``.
+
+    ``z`` is ``beta * (r_c - r_r)`` (divided by a temperature for calibrated figures); sigmoid(-z) is
+    computed directly (no ``1 - p`` cancellation) and never overflows.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    n = z.size
+    return np.concatenate([_sigmoid(z), _sigmoid(-z)]), np.concatenate([np.ones(n), np.zeros(n)])
+
+
 def _calibration(z: np.ndarray, n_bins: int, suffix: str = "") -> dict[str, float]:
     """ECE / Brier / NLL of p = sigmoid(z), each pair scored in both orientations.
 
@@ -294,10 +306,8 @@ def _calibration(z: np.ndarray, n_bins: int, suffix: str = "") -> dict[str, floa
     ((p - 1)^2 = ((1 - p) - 0)^2 and -log p both times), so they are computed on one.
     """
     n = z.size
-    p = _sigmoid(z)
-    q = _sigmoid(-z)  # 1 - p without cancellation
-    prob = np.concatenate([p, q])
-    label = np.concatenate([np.ones(n), np.zeros(n)])
+    prob, label = both_orientations(z)
+    q = prob[n:]  # 1 - p without cancellation
     return {
         f"ece{suffix}": expected_calibration_error(prob, label, n_bins=n_bins),
         f"brier{suffix}": float(np.dot(q, q) / n),

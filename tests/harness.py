@@ -122,3 +122,14 @@ def make_tiny_setup(root, *, n_pairs: int = 44, prompt_words: tuple[int, int] = 
             f.write(json.dumps({"id": f"p{i}", "prompt": words(*prompt_words), "chosen": words(*response_words),
                                 "rejected": words(*response_words)}) + "\n")
     return root
+
+
+def load_split(cfg, tokenizer, path: str, *, split: str, max_pairs: int | None):
+    """``rm_ds.dataset.load_split`` with the folders a run of ``cfg`` uses (the same tokenised cache)."""
+    from rm_ds.builtin import rm_ds_home
+    from rm_ds.dataset import cache_dir_for
+    from rm_ds.dataset import load_split as _load_split
+
+    home = rm_ds_home()
+    return _load_split(cfg.data, tokenizer, path, split=split, max_pairs=max_pairs,
+                       cache_dir=cache_dir_for(cfg.data, home=home), builtin_dir=home / "data")

@@ -22,10 +22,9 @@ def rows(n: int, tag: str) -> list[str]:
 
 
 @pytest.mark.parametrize("pattern", ["*.jsonl", "sub", "sub/*.jsonl"])
-def test_rewritten_files_behind_a_glob_or_folder_are_retokenised(tmp_path: Path, monkeypatch, pattern: str) -> None:
-    from rm_ds.train import load_split
+def test_rewritten_files_behind_a_glob_or_folder_are_retokenised(tmp_path: Path, pattern: str) -> None:
+    from rm_ds.dataset import load_split
 
-    monkeypatch.setenv("RM_DS_HOME", str(tmp_path / "home"))
     make_tiny_setup(tmp_path, n_pairs=2)
     cfg = load_config(None, [f"model.name_or_path={tmp_path / 'model'}", "data.max_length=32"])
     tok = load_tokenizer(cfg.model.name_or_path)
@@ -34,14 +33,15 @@ def test_rewritten_files_behind_a_glob_or_folder_are_retokenised(tmp_path: Path,
     f = data / "train.jsonl"
     f.write_text("\n".join(rows(1, "old")) + "\n")
     path = str(data / "*.jsonl") if pattern.endswith("*.jsonl") else str(data)
-    ds, _ = load_split(cfg, tok, path, split="train", max_pairs=None)
+    dirs = {"cache_dir": tmp_path / "cache", "builtin_dir": tmp_path / "builtin"}
+    ds, _ = load_split(cfg.data, tok, path, split="train", max_pairs=None, **dirs)
     assert len(ds) == 1
     f.write_text("\n".join(rows(3, "new")) + "\n")  # same path, new content
-    ds, note = load_split(cfg, tok, path, split="train", max_pairs=None)
+    ds, note = load_split(cfg.data, tok, path, split="train", max_pairs=None, **dirs)
     assert len(ds) == 3 and "3/3 pairs kept" in note
     assert tok.decode(ds[0]["chosen_ids"]).strip().startswith("new")
     (data / "more.jsonl").write_text("\n".join(rows(2, "more")) + "\n")  # a file added behind the pattern
-    ds, _ = load_split(cfg, tok, path, split="train", max_pairs=None)
+    ds, _ = load_split(cfg.data, tok, path, split="train", max_pairs=None, **dirs)
     assert len(ds) == 5
 
 

@@ -50,9 +50,11 @@ def overrides(root, stage: str) -> list[str]:
 def eval_worker(ovr: list[str], paths: list[str]) -> dict:
     from rm_ds import dist
     from rm_ds.config import load_config
-    from rm_ds.evaluate import compute_metrics, gather_scores
+    from rm_ds.eval_metrics import compute_metrics
+    from rm_ds.evaluate import gather_scores
     from rm_ds.model import load_tokenizer
-    from rm_ds.train import load_split, setup
+    from rm_ds.train import setup
+    from tests.harness import load_split
 
     cfg = load_config(None, ovr)
     info = dist.current()
@@ -61,9 +63,12 @@ def eval_worker(ovr: list[str], paths: list[str]) -> dict:
     out = {}
     for path in paths:
         ds, _ = load_split(cfg, tok, path, split="test", max_pairs=None)
-        scores = gather_scores(tr.engine, ds, cfg, rank=info.rank, world_size=info.world_size, collate=tr.collate)
+        scores = gather_scores(tr.engine, ds, rank=info.rank, world_size=info.world_size, collate=tr.collate,
+                               token_budget=cfg.eval.token_budget or cfg.train.token_budget,
+                               prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
         out[path] = {"index": scores.index.tolist(), "chosen": scores.chosen.tolist(),
-                     "rejected": scores.rejected.tolist(), "metrics": compute_metrics(scores, ds, cfg)}
+                     "rejected": scores.rejected.tolist(), "metrics": compute_metrics(scores, ds, loss=cfg.loss, n_bins=cfg.eval.ece_bins,
+                                                                   thresholds=cfg.eval.thresholds)}
     return out
 
 
@@ -73,7 +78,7 @@ def reference(ovr: list[str], path: str) -> tuple[np.ndarray, np.ndarray, dict]:
     from rm_ds.config import ModelConfig, load_config
     from rm_ds.metrics import pairwise_metrics
     from rm_ds.model import build_reward_model, load_tokenizer, resolve_pad_token, rewards
-    from rm_ds.train import load_split
+    from tests.harness import load_split
 
     cfg = load_config(None, ovr)
     tok = load_tokenizer(cfg.model.name_or_path)

@@ -47,7 +47,7 @@ def train_worker(ovr: list[str]) -> dict:
     train_loop(tr, on_step=lambda step, st: losses.append(st.loss))
     state = gathered_state_dict(tr.engine)
     return {"losses": losses, "state": state if info.is_main else None,
-            "plan": tr.sampler.plan_epoch(0), "rank": info.rank}
+            "plan": tr.state.sampler.plan_epoch(0), "rank": info.rank}
 
 
 def reference_run(ovr: list[str], plan, *, naive: bool = False):
@@ -62,7 +62,8 @@ def reference_run(ovr: list[str], plan, *, naive: bool = False):
     from rm_ds.loss import bt_loss
     from rm_ds.model import build_reward_model, load_model_config, load_tokenizer, pools_last_token, resolve_pad_token
     from rm_ds.tokenize import eos_id
-    from rm_ds.train import load_split, rows_at
+    from rm_ds.dataset import rows_at
+    from tests.harness import load_split
 
     cfg = load_config(None, ovr)
     torch.manual_seed(cfg.train.seed)

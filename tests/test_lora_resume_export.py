@@ -60,7 +60,7 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    from rm_ds.engine import consolidated_state_dict
+    from rm_ds.checkpoint_files import consolidated_state_dict
 
     root = run_dir / "checkpoints"
     return consolidated_state_dict(str(root), (root / "latest").read_text().strip())
@@ -70,7 +70,7 @@ def eval_pairs_file(run_dir: Path, tmp: Path) -> Path:
     """The run's eval pairs as full token-id sequences, written for the fresh-process scorer."""
     from rm_ds.config import load_config
     from rm_ds.model import load_tokenizer
-    from rm_ds.train import load_split
+    from tests.harness import load_split
 
     cfg = load_config(run_dir / "config.yaml")
     ds, _ = load_split(cfg, load_tokenizer(cfg.model.name_or_path), cfg.data.eval_path, split="test",

@@ -93,11 +93,11 @@ def test_rewards_and_gradients_match_padded(attn, seed):
 def test_lora_wrapped_model():
     """Under PEFT LoRA the hook finds the (unfrozen) head inside the wrapper; rewards and the trainable
     gradients still match the padded layout."""
-    from rm_ds.config import LoraSection
+    from rm_ds.config import LoraConfig
     from rm_ds.model import apply_lora
 
     rows = random_rows(6)
-    model = apply_lora(tiny_llama("sdpa", 6), LoraSection(enabled=True, r=4))
+    model = apply_lora(tiny_llama("sdpa", 6), LoraConfig(enabled=True, r=4))
     c0, r0, g0 = forward_backward(model, collate_pairs(rows, pad_id=PAD, eos_id=EOS), "sum")
     c, r, g = forward_backward(model, collate_layout(rows, prefix_sharing=True, packing=True, pad_id=PAD,
                                                      eos_id=EOS), "sum")
@@ -311,7 +311,8 @@ def layout_train_worker(runs: list[list[str]]) -> list[dict]:
     from rm_ds import dist
     from rm_ds.config import load_config
     from rm_ds.engine import score_batches
-    from rm_ds.train import rows_at, setup, train_loop
+    from rm_ds.dataset import rows_at
+    from rm_ds.train import setup, train_loop
 
     info = dist.current()
     out = []

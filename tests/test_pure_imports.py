@@ -1,0 +1,42 @@
+"""Data, loss and metric code imports without DeepSpeed: scoring and serving use it with no engine.
+
+    PYTHONPATH=. python -m pytest tests/test_pure_imports.py -q
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PURE = ["rm_ds.metrics", "rm_ds.dataset", "rm_ds.loss", "rm_ds.eval_metrics", "rm_ds.run_state",
+        "rm_ds.checkpoint_files"]
+
+PROBE = """
+import sys
+sys.modules["deepspeed"] = None  # any `import deepspeed` (or deepspeed.x) now raises ImportError
+import importlib
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+assert "rm_ds.engine" not in sys.modules, "a pure module pulled in rm_ds.engine"
+print("ok")
+"""
+
+
+def test_pure_modules_import_with_deepspeed_blocked():
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-c", PROBE, *PURE], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_blocking_is_effective():
+    """The probe really fails when a module needs DeepSpeed (rm_ds.engine does)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-c", PROBE, "rm_ds.engine"], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=repo)
+    assert proc.returncode != 0 and "import of deepspeed halted" in proc.stderr
