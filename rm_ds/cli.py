@@ -4,6 +4,9 @@
     rm-ds eval  [--config NAME_OR_YAML] model.name_or_path=DIR data.eval_path=FILE [key.sub=value ...]
     rm-ds export --run-dir RUN_DIR [--step final|best|step_NNNNNNNN] [--out DIR] [--adapter]
     rm-ds compare RUN_DIR... [--out DIR]      (or one parent directory of runs)
+    rm-ds score  --model DIR [--model DIR2 ...] [--step best] --input FILE --out FILE.jsonl|.parquet
+    rm-ds serve  --model DIR [--model DIR2 ...] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    rm-ds select --model DIR [--model DIR2 ...] --pool FILE --k N --by margin|ensemble_std|entropy [--dedupe]
 
 Under ``mpirun`` add ``--mpi`` (rank, world size and master come from MPI through mpi4py)::
 
@@ -24,6 +27,7 @@ Anything else is a bug and keeps its traceback (exit 1).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +65,42 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", type=Path, help="run directories, or one parent of run directories")
     c.add_argument("--out", type=Path, default=None,
                    help="where compare.csv, compare.md and the PNGs go (default: the runs' common parent)")
+    s = sub.add_parser("score", help="score a file of responses or pairs (any number of ranks)")
+    _model_args(s)
+    s.add_argument("--input", required=True, help="responses (prompt+response, messages), scored rows or pairs")
+    s.add_argument("--out", required=True, help="output .jsonl or .parquet")
+    s.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")
+    v = sub.add_parser("serve", help="serve the model over HTTP (FastAPI + uvicorn) with a web page at /")
+    _model_args(v)
+    v.add_argument("--host", default="127.0.0.1", help="interface to bind (another than loopback needs --api-key)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--api-key", default=os.environ.get("RM_DS_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $RM_DS_API_KEY)")
+    v.add_argument("--max-batch-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    v.add_argument("--max-queue", type=int, default=256, help="requests waiting before new ones get 503")
+    v.add_argument("--max-items", type=int, default=256, help="responses or pairs per request (more: 413)")
+    v.add_argument("--max-body-bytes", type=int, default=4 << 20, help="request body limit (more: 413)")
+    a = sub.add_parser("select", help="pick the most informative unlabeled pairs for labelling")
+    _model_args(a)
+    a.add_argument("--pool", required=True, help="unlabeled pairs (prompt/chosen/rejected) or scored-responses rows")
+    a.add_argument("--k", type=int, required=True, help="how many pairs to write")
+    a.add_argument("--by", required=True, choices=["margin", "ensemble_std", "entropy"],
+                   help="margin: smallest |r_a - r_b|; ensemble_std: largest std of the models' margins; "
+                        "entropy: P(a > b) closest to 1/2")
+    a.add_argument("--dedupe", action="store_true", help="skip pairs whose prompt is near-identical to a picked one")
+    a.add_argument("--dedupe-threshold", type=float, default=0.8,
+                   help="character-trigram Jaccard similarity at or above which prompts count as near-identical")
+    a.add_argument("--out", required=True, help="output .jsonl (rm-ds train reads it once labels are checked)")
     return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True,
+                   help="exported folder, run directory or HF reward model folder; repeat for an ensemble")
+    p.add_argument("--step", default=None, help="for run directories: final (default), best or a checkpoint tag")
+    p.add_argument("--token-budget", type=int, default=None, help="tokens per forward (rows x padded length)")
+    p.add_argument("--allow-pad-eq-eos", action="store_true",
+                   help="accept pad == eos on a last-token-pooling model (the pooled token is then ambiguous)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,6 +152,35 @@ def _main(argv: list[str] | None) -> None:
         from rm_ds.export import export_run
 
         print(export_run(args.run_dir, step=args.step, out=args.out, adapter=True if args.adapter else None))
+    elif args.command == "score":
+        from rm_ds.score_file import InputError
+        from rm_ds.score_file import main as score_main
+
+        try:
+            score_main(args.model, args.input, args.out, step=args.step, token_budget=args.token_budget,
+                       allow_pad_eq_eos=args.allow_pad_eq_eos, mpi=args.mpi)
+        except (InputError, ValueError, FileNotFoundError) as e:
+            sys.exit(f"rm-ds score: {e}")
+    elif args.command == "serve":
+        from rm_ds.serve import ServeOptions
+        from rm_ds.serve import main as serve_main
+
+        try:
+            serve_main(args.model, ServeOptions(host=args.host, port=args.port, api_key=args.api_key,
+                                                max_batch_wait_ms=args.max_batch_wait_ms, max_queue=args.max_queue,
+                                                max_items=args.max_items, max_body_bytes=args.max_body_bytes),
+                       step=args.step, token_budget=args.token_budget, allow_pad_eq_eos=args.allow_pad_eq_eos)
+        except ValueError as e:
+            sys.exit(f"rm-ds serve: {e}")
+    elif args.command == "select":
+        from rm_ds.active import main as select_main
+
+        try:
+            select_main(args.model, args.pool, args.out, k=args.k, by=args.by, dedupe=args.dedupe,
+                        threshold=args.dedupe_threshold, step=args.step, token_budget=args.token_budget,
+                        allow_pad_eq_eos=args.allow_pad_eq_eos)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"rm-ds select: {e}")
 
 
 if __name__ == "__main__":

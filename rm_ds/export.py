@@ -26,6 +26,7 @@ from transformers import AutoModelForSequenceClassification
 from rm_ds.checkpoint_files import checkpoint_root, complete_tags, consolidated_state_dict, read_state
 from rm_ds.config import Config, load_config
 from rm_ds.model import apply_lora, head_name, load_model_config, load_tokenizer, pools_last_token, resolve_pad_token
+from rm_ds.recipe import write_recipe
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def export_run(run_dir: str | Path, *, step: str = "final", out: str | Path | No
         model.save_pretrained(out, safe_serialization=True)
         base_cfg = model.config
     tokenizer.save_pretrained(out)
+    write_recipe(out, cfg, tokenizer)  # how the trainer built inputs (rm_ds.recipe), read back by rm_ds.scoring
     (out / "rm_ds_export.json").write_text(json.dumps({**meta, "calibration": calibration,
                                                        "adapter": bool(cfg.lora.enabled and adapter),
                                                        "base_model": cfg.model.name_or_path,
