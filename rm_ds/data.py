@@ -4,13 +4,14 @@ Example: ``ds, report = load_pairs("data/wordnet/train.jsonl")``
 
 Every loaded dataset has these columns, whatever the input looked like::
 
-    pair_id  str    the id field's value (as str) if the rows carry one, else "<file stem>:<row>"
+    pair_id  str    the id field's value (as str) if the rows carry one, else "<file>:<row>" (the file's
+                    stem; when several files share a stem, its path relative to their common folder)
     format   str    "text" or "chat" (one value for the whole dataset)
     prompt   str | list[{"role", "content"}]   text: a string ("" if the file has no prompt field)
     chosen   str | list[{"role", "content"}]   chat: only the continuation after the prompt
     rejected str | list[{"role", "content"}]
-    margin   float  default 0.0
-    weight   float  default 1.0
+    margin   float  default 0.0; finite, |margin| <= MAX_ABS_MARGIN (1e3)
+    weight   float  default 1.0; finite, 0 <= weight <= MAX_WEIGHT (1e3)
     source   str    default ""
     row      int    where the pair came from: the 1-based line of a .jsonl file, else the 0-based row
 
@@ -22,11 +23,15 @@ the prompt messages has them removed, so full conversations and bare continuatio
 Errors are ``DataError`` and name the file, the row and the field::
 
     train.jsonl line 17: field 'rejected': empty or whitespace-only
+
+Strings must be valid Unicode: a JSON escape of a lone surrogate (``"\\ud800"``) is an error in that
+field, like any other invalid value (and is skipped and counted under ``skip_invalid``).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
 import os
@@ -55,6 +60,10 @@ __all__ = ["CHAT_FEATURES", "TEXT_FEATURES", "DataError", "FormatOptions", "Load
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 MAX_EXAMPLES = 5
+MAX_WEIGHT = 1e3
+"""Largest accepted per-pair loss weight: beyond it one pair swamps a batch (and 1e308 overflows)."""
+MAX_ABS_MARGIN = 1e3
+"""Largest accepted |margin|: margins are reward-scale offsets inside the sigmoid."""
 
 _MESSAGES = datasets.List(
     {"role": datasets.Value("string"), "content": datasets.Value("string")}
@@ -124,6 +133,9 @@ class LoadReport:
     """Reason -> pairs left out by the format's rules (ties with data.ties=skip, SHP score ratio, ...)."""
     n_ties: int = 0
     """Tied pairs found (kept with pref 0.5 under data.ties=train, else counted in ``filtered``)."""
+    fingerprint: str = field(default="", compare=False)
+    """What was read, for cache keys: sha256 over every resolved file's name, size and bytes, or a hub
+    dataset's ``datasets`` fingerprint (which covers the revision it was loaded at)."""
 
     def summary(self) -> str:
         """One line for the load log: format, counts, skips and filters."""
@@ -164,13 +176,15 @@ class _Rows:
     name: str
     """File path or dataset name, as used in messages."""
     stem: str
-    """Prefix of fallback pair ids."""
+    """Prefix of fallback pair ids (unique among the sources of one load)."""
     locs: list[int]
     rows: list[Any]
     present: set[str]
     """Fields that occur in at least one row (or columns of a table)."""
     by_line: bool
     """True: locs are 1-based line numbers; False: 0-based row indices."""
+    fingerprint: str = ""
+    """Content digest of the file (name, size, bytes), or the hub dataset's ``datasets`` fingerprint."""
 
     def where(self, i: int) -> str:
         return (
@@ -330,7 +344,9 @@ def _read_hub(name: str, split: str | None, wanted: Sequence[str]) -> _Rows:
             f"{name}: expected a map-style dataset, got {type(obj).__name__}"
         )
     label = f"{name}[{split}]" if split else name
-    return _from_table(obj, name=label, stem=label, wanted=wanted)
+    src = _from_table(obj, name=label, stem=label, wanted=wanted)
+    src.fingerprint = f"hub:{name}:{split}:{obj._fingerprint}"
+    return src
 
 
 def _local_files(path_or_name: str) -> list[Path] | None:
@@ -376,17 +392,42 @@ def _read_all(
     if files is None:
         return [_read_hub(path_or_name, split, wanted)]
     out = []
-    for f in files:
+    for f, prefix in zip(files, _id_prefixes(files)):
         name = path_or_name if len(files) == 1 else str(f)
         if f.suffix == ".jsonl":
-            out.append(_read_jsonl(f, name))
+            src = _read_jsonl(f, name)
         elif f.suffix == ".json":
-            out.append(_read_json(f, name))
+            src = _read_json(f, name)
         elif f.suffix == ".arrow":
-            out.append(_read_arrow(f, name, wanted))
+            src = _read_arrow(f, name, wanted)
         else:
-            out.append(_read_parquet(f, name, wanted))
+            src = _read_parquet(f, name, wanted)
+        src.stem = prefix
+        src.fingerprint = _file_digest(f)
+        out.append(src)
     return out
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256(f"{path.resolve()}\0{path.stat().st_size}\0".encode())
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _id_prefixes(files: list[Path]) -> list[str]:
+    """Fallback-id prefixes, one per file and all distinct: the stems, or, when two files share a stem
+    (``a/train.jsonl``, ``b/train.jsonl``), each path relative to the files' common folder
+    (``a/train``), with its suffix too if that still collides (``a/train.json``)."""
+    stems = [f.stem for f in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    resolved = [f.resolve() for f in files]
+    common = Path(os.path.commonpath([str(f.parent) for f in resolved]))
+    rel = [f.relative_to(common) for f in resolved]
+    bare = [r.with_suffix("").as_posix() for r in rel]
+    return bare if len(set(bare)) == len(bare) else [r.as_posix() for r in rel]
 
 
 # ---------------------------------------------------------------- validation
@@ -408,10 +449,25 @@ def _wrong_type(f: str, expected: str, v: Any) -> _Invalid:
     )
 
 
+def _unicode(v: str, f: str, what: str = "") -> str:
+    """``v`` itself, if it is valid Unicode (json.loads lets lone surrogates like "\\ud800" through)."""
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise _Invalid(
+                f"invalid unicode in field '{f}'",
+                f"field '{f}': {what}lone surrogate {v[e.start]!r} at character {e.start} is not valid "
+                f"Unicode (an unpaired \\ud800-\\udfff escape; fix the text or the file's encoding)",
+            ) from None
+    return v
+
+
 def _text(raw: dict, f: str, *, nonempty: bool) -> str:
     v = _get(raw, f)
     if not isinstance(v, str):
         raise _wrong_type(f, "a string", v)
+    _unicode(v, f)
     if nonempty and not v.strip():
         raise _Invalid(f"empty field '{f}'", f"field '{f}': empty or whitespace-only")
     return v
@@ -426,6 +482,9 @@ def _messages(v: Any, f: str) -> list[dict[str, str]]:
         if isinstance(m, dict):
             role, content = m.get("role"), m.get("content")
             if isinstance(role, str) and isinstance(content, str) and role.strip():
+                k = len(out)
+                _unicode(role, f, f"message {k}: 'role': ")
+                _unicode(content, f, f"message {k}: 'content': ")
                 out.append({"role": role, "content": content})
                 continue
         _bad_message(m, f, len(out))
@@ -498,7 +557,7 @@ def _chat(raw: dict, fl: _Fields, *, has_prompt: bool) -> tuple[list, list, list
     if has_prompt:
         p = _get(raw, fl.prompt)
         if isinstance(p, str):
-            prompt = [{"role": "user", "content": p}] if p else []
+            prompt = [{"role": "user", "content": _unicode(p, fl.prompt)}] if p else []
         else:
             prompt = _messages(p, fl.prompt)
         n = len(prompt)
@@ -553,11 +612,22 @@ def _row(
             f"negative weight in field '{fl.weight}'",
             f"field '{fl.weight}': must be >= 0, got {weight}",
         )
+    if weight > MAX_WEIGHT:
+        raise _Invalid(
+            f"weight out of range in field '{fl.weight}'",
+            f"field '{fl.weight}': must be <= {MAX_WEIGHT:g}, got {weight:g}",
+        )
+    if abs(margin) > MAX_ABS_MARGIN:
+        raise _Invalid(
+            f"margin out of range in field '{fl.margin}'",
+            f"field '{fl.margin}': must be within [-{MAX_ABS_MARGIN:g}, {MAX_ABS_MARGIN:g}], got {margin:g}",
+        )
     source = ""
     if fl.source is not None and raw.get(fl.source) is not None:
         source = raw[fl.source]
         if not isinstance(source, str):
             raise _wrong_type(fl.source, "a string", source)
+        _unicode(source, fl.source)
     return {
         "format": fmt,
         "prompt": prompt,
@@ -575,7 +645,7 @@ def _pair_id(raw: dict, fl: _Fields, fallback: str) -> str:
     v = raw[fl.id]
     if isinstance(v, bool) or not isinstance(v, (str, int)):
         raise _wrong_type(fl.id, "a string or integer", v)
-    return str(v)
+    return _unicode(v, fl.id) if isinstance(v, str) else str(v)
 
 
 def _detect_format(sources: list[_Rows], chosen: str) -> tuple[str, str]:
@@ -697,6 +767,7 @@ def load_pairs(
     report = LoadReport(
         source=path_or_name, n_rows=sum(len(s.rows) for s in sources), n_loaded=0,
         format="pairs", format_reason=why,
+        fingerprint=hashlib.sha256("\0".join(s.fingerprint for s in sources).encode()).hexdigest(),
     )
     cols: dict[str, list[Any]] = {k: [] for k in TEXT_FEATURES}
     if opts.pref_field is not None:
@@ -725,9 +796,11 @@ def load_pairs(
             pid = _pair_id(raw, fl, f"{src.stem}:{src.locs[i]}")
             if pid in first_seen:
                 f = id_field or "pair_id"
+                what = (f"absent, and the numbered fallback id {pid!r} is already taken"
+                        if id_field and raw.get(id_field) in (None, "") else f"duplicate pair id {pid!r}")
                 raise _Invalid(
                     f"duplicate id in field '{f}'",
-                    f"field '{f}': duplicate pair id {pid!r} (first at {first_seen[pid]})",
+                    f"field '{f}': {what} (first at {first_seen[pid]})",
                 )
         except _Invalid as e:
             msg = f"{src.where(i)}: {e.detail}"
@@ -820,7 +893,8 @@ def _load_converted(sources: list[_Rows], fmt: str, why: str, opts: FormatOption
                     skip_invalid: bool, max_pairs: int | None) -> tuple[datasets.Dataset, LoadReport]:
     """Rows of a published format -> canonical pairs with the PROVENANCE columns (``load_pairs``)."""
     report = LoadReport(source=path_or_name, n_rows=sum(len(s.rows) for s in sources), n_loaded=0, format=fmt,
-                        format_reason=why)
+                        format_reason=why,
+                        fingerprint=hashlib.sha256("\0".join(s.fingerprint for s in sources).encode()).hexdigest())
     cols: dict[str, list[Any]] = {k: [] for k in (*TEXT_FEATURES, *PROVENANCE)}
     first_seen: dict[str, str] = {}
     kind = origin = None

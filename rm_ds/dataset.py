@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rm_ds.config import DataConfig, TrainConfig
-from rm_ds.data import load_pairs
+from rm_ds.config import ConfigError, DataConfig, TrainConfig
+from rm_ds.data import DataError, load_pairs
 from rm_ds.formats import format_options
 from rm_ds.packing import pair_lengths, sampler_cost
 from rm_ds.sampler import PairSampler, SamplerConfig
@@ -53,7 +53,7 @@ def resolve_data_path(path: str, *, builtin_dir: Path) -> str:
         return path
     name = path[len("builtin:"):]
     if name not in ("wordnet/train", "wordnet/eval"):
-        raise ValueError(f"data path {path!r}: unknown builtin (known: builtin:wordnet/train, builtin:wordnet/eval)")
+        raise ConfigError(f"data path {path!r}: unknown builtin (known: builtin:wordnet/train, builtin:wordnet/eval)")
     from rm_ds.wordnet import build_wordnet_pairs
 
     out = Path(builtin_dir) / "wordnet"
@@ -100,6 +100,7 @@ def load_split_with_report(data: DataConfig, tokenizer, path: str, *, split: str
     opts = TokenizeOptions(max_length=d.max_length, overlong=d.overlong, chat_template=d.chat_template,
                            response_separator=d.response_separator)
     key = cache_key(source_digest(source, split=split, skip_invalid=d.skip_invalid,
+                                  content=report.fingerprint,  # every file a glob/dir resolves to; hub fingerprint
                                   max_pairs=max_pairs, fields=(d.prompt_field, d.chosen_field, d.rejected_field,
                                                                d.id_field, d.margin_field, d.weight_field,
                                                                d.source_field),
@@ -108,7 +109,8 @@ def load_split_with_report(data: DataConfig, tokenizer, path: str, *, split: str
                                   cache_file=str(Path(cache_dir) / f"{key}.arrow"))
     note = f"{path}: {report.summary()}; tokenized {treport.summary()}"
     if len(tok) == 0:
-        raise ValueError(f"{path}: no pairs left after tokenization ({treport.summary()})")
+        raise DataError(f"{path}: no pairs left after tokenization ({treport.summary()}); raise data.max_length "
+                        f"or check the data")
     return tok, note, {"path": path, "split": split, **dataclasses.asdict(report), "tokenized": treport.counts}
 
 

@@ -24,18 +24,41 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rm_ds import checkpoint, dist
+from rm_ds import checkpoint, dist, faults
 from rm_ds.builtin import rm_ds_home
 from rm_ds.collate import make_collate
-from rm_ds.config import Config, build_ds_config, save_config
-from rm_ds.dataset import PreparedData, build_sampler, cache_dir_for, dataset_hash, prepare_data, rows_at
+from rm_ds.config import (
+    Config,
+    ConfigError,
+    build_ds_config,
+    check_train_plan,
+    config_to_dict,
+    eval_token_budget,
+    save_config,
+)
+from rm_ds.dataset import (
+    PreparedData,
+    build_sampler,
+    cache_dir_for,
+    dataset_hash,
+    prepare_data,
+    rows_at,
+)
 from rm_ds.engine import build_engine, model_build_context, train_step
 from rm_ds.eval_metrics import EvalScores, compute_metrics
 from rm_ds.evaluate import gather_scores
 from rm_ds.loss import LossFn, make_loss_fn
 from rm_ds.metrics import both_orientations, fit_temperature
-from rm_ds.model import (build_reward_model, head_name, load_model_config, load_tokenizer, param_counts,
-                          pools_last_token, require_last_token_pooling, resolve_pad_token)
+from rm_ds.model import (
+    build_reward_model,
+    head_name,
+    load_model_config,
+    load_tokenizer,
+    param_counts,
+    pools_last_token,
+    require_last_token_pooling,
+    resolve_pad_token,
+)
 from rm_ds.run_state import RunState
 from rm_ds.selection import EarlyStopping
 from rm_ds.tokenize import eos_id
@@ -84,7 +107,7 @@ def evaluate(tr: Run, step: int) -> tuple[EvalScores, dict[str, float]]:
     """Score every eval pair once over all ranks; the metrics (fitted temperature included)."""
     cfg, ds = tr.cfg, tr.data.eval
     scores = gather_scores(tr.engine, ds, rank=tr.info.rank, world_size=tr.info.world_size, collate=tr.collate,
-                           token_budget=cfg.eval.token_budget or cfg.train.token_budget,
+                           token_budget=eval_token_budget(cfg),
                            prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
     objectives = cfg.model.objectives
     if objectives:  # one temperature per objective over its labelled pairs, and one over all labelled entries
@@ -181,7 +204,7 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     probe = load_model_config(cfg.model, pad_token_id=0)
     pad_id = resolve_pad_token(tokenizer, cfg.model, last_token_pooling=pools_last_token(probe))
     home = rm_ds_home()
@@ -195,6 +218,8 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
 
     # every rank computes the same plan and takes its part
     t = cfg.train
+    if training:
+        check_train_plan(cfg, n_train_pairs=len(data.train))
     layout = dict(prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
     sampler = None if not training else build_sampler(data.train, t, **layout, world_size=info.world_size,
                                                       rank=info.rank)
@@ -228,7 +253,7 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
     found = checkpoint.find_resume(cfg.resume, cfg.logging.run_dir) if training else None
     if found is not None:
         checkpoint.restore(engine, tr.state, *found, rank=info.rank, world_size=info.world_size,
-                           cfg_hash=checkpoint.config_hash(cfg))
+                           cfg_hash=checkpoint.config_hash(cfg), cfg=cfg)
     return tr
 
 
@@ -236,7 +261,7 @@ def save_checkpoint(tr: Run) -> None:
     """Checkpoint the engine and the run state at the current step."""
     checkpoint.save(tr.engine, tr.state, run_dir=tr.cfg.logging.run_dir, rank=tr.info.rank,
                     world_size=tr.info.world_size, cfg_hash=checkpoint.config_hash(tr.cfg),
-                    keep_last=tr.cfg.train.keep_checkpoints)
+                    keep_last=tr.cfg.train.keep_checkpoints, config=config_to_dict(tr.cfg))
     tr.state.last_save = tr.state.step
 
 
@@ -271,6 +296,7 @@ def evaluate_and_checkpoint_on_schedule(tr: Run) -> bool:
             log.info("early stopping at step %d: eval %s has not improved for %d evals", st.step,
                      cfg.eval.metric, st.stopper.bad_evals)
             stop = True
+            st.stopped_early = True  # saved with the final checkpoint: a relaunch does not train on
     new_best = st.last_eval is not None and st.last_eval[0] == st.step == st.stopper.best_step
     periodic = t.save_every_steps and st.step % t.save_every_steps == 0
     if (periodic or (new_best and t.export)) and st.step < tr.total_steps and not stop:
@@ -297,6 +323,13 @@ def train_loop(tr: Run, *, on_step=None) -> dict[str, float]:
             stats = train_step(tr.engine, batches, loss_fn=tr.loss_fn, world_size=info.world_size)
             dt = time.perf_counter() - t0
             st.step += 1
+            if not faults.step_is_finite(stats.loss, stats.grad_norm):  # the same verdict on every rank
+                ids = tr.data.train["pair_id"]
+                found = checkpoint.find_resume("auto", cfg.logging.run_dir)
+                raise faults.diagnose(step=st.step, loss=stats.loss, grad_norm=stats.grad_norm, rank=info.rank,
+                                      local_micro=stats.nonfinite_micro,
+                                      micro_pair_ids=[[ids[int(i)] for i in mb] for mb in micro_idx],
+                                      last_good=None if found is None else found[0] / found[1])
             totals["pairs"] += stats.n_pairs
             totals["real"] += stats.real_tokens
             totals["computed"] += stats.computed_tokens
@@ -331,11 +364,20 @@ def train_loop(tr: Run, *, on_step=None) -> dict[str, float]:
 
 def run(cfg: Config) -> dict[str, float]:
     """Train, evaluate at the end (unless the last step was just evaluated), print the summary."""
-    info = dist.init()
+    info = dist.init(timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
     tr = setup(cfg, info)
     st = tr.state
+    if st.stopped_early:  # a relaunch of a run that early stopping ended: nothing left to do
+        if info.is_main:
+            print(f"rm-ds: {cfg.logging.run_dir} stopped early at step {st.step} (eval {cfg.eval.metric} did not "
+                  f"improve for {st.stopper.bad_evals} evals; best step {st.stopper.best_step}, "
+                  f"{st.stopper.best_value}); not training on. Start a new run directory to train further.",
+                  flush=True)
+        tr.logger.close()
+        dist.barrier()
+        return {"steps": st.step, "stopped_early": 1.0}
     summary = train_loop(tr)
     eval_metrics: dict[str, float] = {}
     if tr.data.eval is not None:
@@ -348,7 +390,7 @@ def run(cfg: Config) -> dict[str, float]:
         export_run(cfg.logging.run_dir, step="final")
         if st.stopper.best_step is not None:
             export_run(cfg.logging.run_dir, step="best")
-    dist.barrier()
+    dist.wait_for_all()  # rank 0 exported alone: a long wait, not dist.timeout_s
     if info.is_main:
         print(format_summary(summary, eval_metrics), flush=True)
         if eval_metrics:
@@ -364,11 +406,11 @@ def run(cfg: Config) -> dict[str, float]:
 
 def run_eval(cfg: Config) -> dict[str, float]:
     """``rm-ds eval``: score ``data.eval_path`` with ``model.name_or_path`` on any number of ranks."""
-    info = dist.init()
+    info = dist.init(timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
     if not cfg.data.eval_path:
-        raise ValueError("data.eval_path: rm-ds eval needs an eval dataset")
+        raise ConfigError("data.eval_path: rm-ds eval needs an eval dataset")
     tr = setup(cfg, info, training=False)
     metrics = evaluate_and_log(tr, 0)
     if info.is_main:

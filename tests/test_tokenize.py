@@ -97,3 +97,16 @@ def test_tokenisation_is_cached_by_content(minilm, tmp_path):
     second, rep = tokenize_pairs(ds, minilm, opts, cache_file=str(path))
     assert path.stat().st_mtime_ns == stamp  # read back, not rewritten
     assert second["chosen_ids"] == first["chosen_ids"] and rep.counts == {"ok": 2}
+
+
+def test_pairs_identical_after_truncation_are_dropped_and_counted(minilm):
+    """Responses that share their first 20 words and differ after: at max_length 16 both are cut to the
+    same tokens, so the pair carries no preference and must go (the other pair stays); BERT lowercases,
+    so "Dog" / "dog" are identical token for token even before truncation."""
+    shared = " ".join(["word"] * 20)
+    ds, rep = tokenize_pairs(text_ds(("q", shared + " good", shared + " bad"), ("q", "a cat", "a rock"),
+                                     ("q", "Dog", "dog")), minilm,
+                             TokenizeOptions(max_length=16, overlong="truncate"))
+    assert list(ds["pair_id"]) == ["1"]
+    assert rep.counts == {"dropped_identical": 2, "ok": 1} and rep.n_kept == 1 and rep.n_pairs == 3
+    assert "dropped_identical=2" in rep.summary()
