@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
+PARTIAL = ".partial-"
+"""Prefix of the directory a checkpoint is written into before it is complete."""
+OLD = ".replaced-"
+"""Prefix a complete tag is renamed to for the moment its fresh copy takes its name."""
 
 
 def tag_for(step: int) -> str:
@@ -84,5 +88,5 @@ def consolidated_state_dict(ckpt_dir: str, tag: str) -> dict[str, torch.Tensor]:
         files = sorted(d.glob("mp_rank_*_model_states.pt"))
         if not files:
             raise FileNotFoundError(f"{d}: no DeepSpeed model states file")
-        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        sd = torch.load(files[0], map_location="cpu", weights_only=True)["module"]  # plain tensors and containers
     return {k: v.float() for k, v in sd.items()}

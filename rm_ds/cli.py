@@ -19,6 +19,13 @@ Under ``mpirun`` add ``--mpi`` (rank, world size and master come from MPI throug
 Under the ``deepspeed`` launcher, run it as a module (the launcher adds ``--local_rank=N``)::
 
     deepspeed --num_gpus 2 --master_addr 127.0.0.1 --module rm_ds.cli train --config default
+
+Exit codes: 0 success, 2 a config error (also a bad command line), 3 a data error. Those two print
+one line, ``rm-ds: config error: <key>: ...`` or ``rm-ds: data error: <file> line N: field 'f': ...``,
+once (on rank 0). 4: a peer rank died or stopped responding (``rm-ds: rank 0: a collective timed out
+...: rank 1 (pid N) is stopped``), printed by each surviving rank. 5: a non-finite training step
+(``rm-ds: step N: non-finite ...``, naming the rank, the pair ids and the last good checkpoint).
+Anything else is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
@@ -29,6 +36,16 @@ import sys
 from pathlib import Path
 
 from rm_ds.config import ConfigError, load_config
+from rm_ds.data import DataError
+
+EXIT_CONFIG_ERROR = 2
+"""Exit status for a bad config value or key (argparse uses 2 for a bad command line too)."""
+EXIT_DATA_ERROR = 3
+"""Exit status for bad input data (the message names the file, the line and the field)."""
+EXIT_PEER_LOST = 4
+"""Exit status of a rank whose peer died or stopped responding (a collective failed or timed out)."""
+EXIT_NON_FINITE = 5
+"""Exit status of a run stopped by a NaN/inf loss or gradient norm (nothing of that step is saved)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,19 +154,43 @@ def _add_proxy_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one sub-command; config and data errors end the process with one line and their exit code."""
+    try:
+        _main(argv)
+    except ConfigError as e:
+        _fail(f"rm-ds: config error: {e}", EXIT_CONFIG_ERROR)
+    except DataError as e:
+        _fail(f"rm-ds: data error: {e}", EXIT_DATA_ERROR)
+    except RuntimeError as e:
+        from rm_ds import dist
+        from rm_ds.faults import NonFiniteStep
+
+        if isinstance(e, NonFiniteStep):
+            _fail(f"rm-ds: {e}", EXIT_NON_FINITE)
+        diagnosis = dist.peer_failure(e)
+        if diagnosis is None:
+            raise
+        dist.exit_peer_lost(f"rm-ds: {diagnosis}", EXIT_PEER_LOST)
+
+
+def _fail(message: str, code: int) -> None:
+    from rm_ds import dist
+
+    dist.exit_with_error(message, code)
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     # the deepspeed launcher puts --local_rank=N before the sub-command; accept it anywhere
     argv = [a for a in argv if not a.startswith("--local_rank")]
     args = _parser().parse_args(argv)
     if args.command in ("train", "eval"):
-        try:
-            cfg = load_config(args.config, args.overrides)
-        except ConfigError as e:
-            sys.exit(f"rm-ds: config error: {e}")
+        cfg = load_config(args.config, args.overrides)
         if args.mpi:
             from rm_ds import dist
 
-            dist.init(mpi_discovery=True)  # train/eval then find the process group already formed
+            # train/eval then find the process group already formed
+            dist.init(mpi_discovery=True, timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
         from rm_ds.train import main as train_main
 
         train_main(cfg, command=args.command)

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from rm_ds.packing import collate_layout
+from rm_ds.packing import collate_layout, objective_columns
 
 
 def collate_pairs(rows: Sequence[dict], *, pad_id: int, eos_id: int) -> dict:
@@ -47,6 +47,8 @@ def collate_pairs(rows: Sequence[dict], *, pad_id: int, eos_id: int) -> dict:
         "attention_mask": attention_mask,
         "margin": torch.tensor([float(r.get("margin", 0.0)) for r in rows]),
         "weight": torch.tensor([float(r.get("weight", 1.0)) for r in rows]),
+        "pref": torch.tensor([float(r.get("pref", 1.0)) for r in rows]),
+        **(objective_columns(rows) if pair_mask.sum() else {}),
         "pair_mask": pair_mask,
         "n_pairs": int(pair_mask.sum().item()),
         "real_tokens": int(attention_mask.sum().item()) if len(pair_mask) and pair_mask[0] else 0,

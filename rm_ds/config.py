@@ -50,6 +50,10 @@ class ModelConfig:
     """Set every dropout probability in the backbone config to this value (None keeps the model's; 0 measured best)."""
     activation_checkpointing: bool = False
     """Recompute activations in backward (transformers' activation checkpointing, non-reentrant)."""
+    objectives: tuple[str, ...] = ()
+    """Names of several objectives (e.g. [helpful, harmless]): a head with one output each; () = one reward."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model folder or hub repo (transformers' trust_remote_code); off by default."""
 
 
 @dataclass
@@ -116,6 +120,28 @@ class DataConfig:
     """Score each pair as one row [prompt|chosen|rejected] with a block mask (last-token decoder models only)."""
     packing: bool = False
     """Pack several pairs into one row with no padding; train.token_budget then caps the row's real tokens."""
+    format: Literal["auto", "pairs", "hh", "shp", "ultrafeedback", "helpsteer", "scored"] = "auto"
+    """Input shape (rm_ds/formats.py): auto detects it from the columns; the choice is logged and kept in the run."""
+    pref_field: str | None = None
+    """pairs: column with a preference probability p in [0, 1] (1 = chosen preferred, 0.5 = tie)."""
+    objectives_field: str = "objectives"
+    """With model.objectives: column {objective: p in [0, 1] or null}; a missing objective is unlabelled."""
+    ties: Literal["skip", "train"] = "skip"
+    """Tied pairs (equal ratings/rewards): skip them (counted) or train on them with p = 0.5."""
+    tie_eps: float = 0.0
+    """Two ratings or rewards within this distance are a tie."""
+    pairing: Literal["best_vs_worst", "best_vs_random", "all_pairs"] = "best_vs_worst"
+    """Pairs from several rated responses per prompt (UltraFeedback raw, HelpSteer ratings, scored)."""
+    pairing_seed: int = 0
+    """Seed of best_vs_random's draw (per prompt, independent of row order)."""
+    min_score_ratio: float | None = None
+    """SHP: drop pairs whose score ratio is below this (counted); the SHP authors train on >= 2."""
+    ultrafeedback_score: Literal["overall", "fine_grained"] = "overall"
+    """UltraFeedback raw: rank completions by overall_score or fine-grained_score (mean rating)."""
+    helpsteer_attribute: str = "helpfulness"
+    """HelpSteer per-response ratings: the attribute whose rating orders responses to one prompt."""
+    strength: Literal["hard", "p", "margin"] = "p"
+    """HelpSteer preference strength s of max S: hard (p = 1), p (p = 0.5 + s / 2S) or margin (margin = s)."""
 
 
 @dataclass
@@ -191,7 +217,7 @@ class EvalConfig:
     every_steps: int = 0
     """Evaluate every N optimizer steps (0: only at the end)."""
     token_budget: int | None = None
-    """Eval micro-batch budget in pair-tokens (defaults to train.token_budget)."""
+    """Eval micro-batch budget in pair-tokens (defaults to train.token_budget, in either micro_batching mode)."""
     thresholds: tuple[float, ...] = (0.0,)
     """Reward thresholds at which TPR/FPR/FNR are reported."""
     ece_bins: int = 10
@@ -221,6 +247,14 @@ class LoggingConfig:
 
 
 @dataclass
+class DistSection:
+    timeout_s: float = 600.0
+    """Seconds a collective waits for the other ranks before the run fails saying a rank stopped responding."""
+    wait_timeout_s: float = 14400.0
+    """Seconds the other ranks wait while rank 0 works alone (filling the tokenised cache, exporting)."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The reward model backbone."""
@@ -234,12 +268,16 @@ class Config:
     """Bradley-Terry loss options."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     """DeepSpeed engine settings."""
+    dist: DistSection = field(default_factory=DistSection)
+    """Process-group timeouts (stuck or dead ranks)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation schedule and metrics."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Where and how often to log."""
     resume: str = "none"
     """none: fresh start; auto: the latest complete checkpoint in run_dir (fresh if none); or a checkpoint dir."""
+    resume_override: tuple[str, ...] = ()
+    """Keys (e.g. [train.lr]) that may differ from the checkpoint's run on resume; recorded in run_dir."""
 
     def __post_init__(self) -> None:
         validate(self)
@@ -274,23 +312,75 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.every_steps >= 0, "eval.every_steps", "must be >= 0")
     _check(cfg.eval.ece_bins >= 1, "eval.ece_bins", "must be >= 1")
     _check(cfg.eval.patience >= 0, "eval.patience", "must be >= 0")
-    if cfg.eval.token_budget is not None:
-        _check(cfg.eval.token_budget >= d.max_length, "eval.token_budget", "must be >= data.max_length")
     _check(cfg.logging.log_every >= 1, "logging.log_every", "must be >= 1")
+    _check(cfg.dist.timeout_s > 0, "dist.timeout_s", "must be > 0")
+    _check(cfg.dist.wait_timeout_s >= cfg.dist.timeout_s, "dist.wait_timeout_s", "must be >= dist.timeout_s")
     _check(t.save_every_steps >= 0, "train.save_every_steps", "must be >= 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     _check(cfg.lora.r >= 1, "lora.r", "must be >= 1")
     _check(cfg.lora.head_lr is None or cfg.lora.head_lr > 0, "lora.head_lr", "must be > 0 or null")
     _check(d.num_proc >= 1, "data.num_proc", "must be >= 1")
+    _check(d.tie_eps >= 0, "data.tie_eps", "must be >= 0")
+    objs = cfg.model.objectives
+    _check(all(isinstance(o, str) and o.strip() and "/" not in o for o in objs), "model.objectives",
+           "names must be non-empty strings without '/'")
+    _check(len(set(objs)) == len(objs), "model.objectives", f"names must be unique, got {list(objs)}")
+    _check(len(objs) != 1, "model.objectives", "give two or more names, or none for a single reward")
+    _check(d.min_score_ratio is None or d.min_score_ratio >= 1, "data.min_score_ratio", "must be >= 1 or null")
     if d.prefix_sharing or d.packing:  # rows hold both responses of a pair: up to 2 x max_length real tokens
         _check(cfg.model.attn_implementation in ("sdpa", "eager"), "model.attn_implementation",
                "data.prefix_sharing/packing pass a 4-D block mask, which needs sdpa or eager")
-        for key, budget in (("train.token_budget", t.token_budget if t.micro_batching == "token_budget" else None),
-                            ("eval.token_budget", cfg.eval.token_budget)):
-            _check(budget is None or budget >= 2 * d.max_length, key,
-                   f"with data.prefix_sharing/packing the budget counts a pair's real row tokens (up to "
-                   f"2 x data.max_length = {2 * d.max_length}); {budget} is too small")
+    _check_budgets(cfg)
+    for i, key in enumerate(cfg.resume_override):
+        _check(key in flat_keys(cfg), f"resume_override[{i}]", f"{key!r} is not a config key")
     resolve_ds_config_path(cfg.deepspeed.config)  # raises ConfigError naming deepspeed.config
+
+
+def pair_token_cap(cfg: Config) -> int:
+    """The most budget tokens one pair can cost: data.max_length, or twice that when a pair's two
+    responses share one row (data.prefix_sharing / data.packing)."""
+    return (2 if cfg.data.prefix_sharing or cfg.data.packing else 1) * cfg.data.max_length
+
+
+def eval_token_budget(cfg: Config) -> int:
+    """The eval micro-batch budget in pair-tokens: eval.token_budget, else train.token_budget (in
+    either train.micro_batching mode)."""
+    return cfg.eval.token_budget if cfg.eval.token_budget is not None else cfg.train.token_budget
+
+
+def _check_budgets(cfg: Config) -> None:
+    """Every per-micro-batch budget the run will use must hold its longest possible pair, so that a
+    wrong budget fails here and not at the first eval, hours in."""
+    t, d, cap = cfg.train, cfg.data, pair_token_cap(cfg)
+    rows = (f"with data.prefix_sharing/packing a pair's row holds both responses: up to 2 x data.max_length = "
+            f"{cap} tokens" if cap != d.max_length else f"a pair can be data.max_length = {cap} tokens long")
+    if t.micro_batching == "token_budget":
+        _check(t.token_budget >= cap, "train.token_budget",
+               f"{t.token_budget} is too small: {rows}, so a single pair would not fit; raise train.token_budget "
+               f"to >= {cap} or lower data.max_length")
+    if d.eval_path is not None:
+        budget = eval_token_budget(cfg)
+        origin = ("" if cfg.eval.token_budget is not None else
+                  f" (eval.token_budget is unset, so it is train.token_budget = {budget}, which "
+                  f"train.micro_batching={t.micro_batching} {'does not use' if t.micro_batching == 'fixed' else 'uses'}"
+                  f" for training)")
+        hint = f"set eval.token_budget >= {cap}"
+        if t.micro_batching == "fixed":
+            hint += f", e.g. train.pairs_per_micro x {cap} = {t.pairs_per_micro * cap} to match training"
+        _check(budget >= cap, "eval.token_budget",
+               f"the eval budget {budget}{origin} is too small: {rows}, so evaluation would fail on the first "
+               f"long pair; {hint}, or lower data.max_length")
+
+
+def check_train_plan(cfg: Config, *, n_train_pairs: int) -> None:
+    """Checks that need the number of training pairs (known once the data is loaded); names the keys."""
+    t = cfg.train
+    if t.drop_last and n_train_pairs < t.global_batch_pairs:
+        raise ConfigError(
+            f"train.drop_last: true drops the final partial global batch, and the {n_train_pairs} training pairs "
+            f"(data.train_path={cfg.data.train_path!r}, data.max_train_pairs={cfg.data.max_train_pairs}) are fewer "
+            f"than one global batch (train.global_batch_pairs={t.global_batch_pairs}), so an epoch would have no "
+            f"steps; set train.drop_last=false, lower train.global_batch_pairs, or add pairs")
 
 
 # --------------------------------------------------------------------------- typed construction
@@ -431,6 +521,19 @@ def config_to_dict(cfg: Config) -> dict:
             return {k: conv(v) for k, v in x.items()}
         return x
     return conv(dataclasses.asdict(cfg))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1e-5}}`` -> ``{"train.lr": 1e-5}``."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else k
+        out.update(flatten(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def flat_keys(cfg: Config) -> set[str]:
+    return set(flatten(config_to_dict(cfg)))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -4,13 +4,14 @@ Example: ``ds, report = load_pairs("data/wordnet/train.jsonl")``
 
 Every loaded dataset has these columns, whatever the input looked like::
 
-    pair_id  str    the id field's value (as str) if the rows carry one, else "<file stem>:<row>"
+    pair_id  str    the id field's value (as str) if the rows carry one, else "<file>:<row>" (the file's
+                    stem; when several files share a stem, its path relative to their common folder)
     format   str    "text" or "chat" (one value for the whole dataset)
     prompt   str | list[{"role", "content"}]   text: a string ("" if the file has no prompt field)
     chosen   str | list[{"role", "content"}]   chat: only the continuation after the prompt
     rejected str | list[{"role", "content"}]
-    margin   float  default 0.0
-    weight   float  default 1.0
+    margin   float  default 0.0; finite, |margin| <= MAX_ABS_MARGIN (1e3)
+    weight   float  default 1.0; finite, 0 <= weight <= MAX_WEIGHT (1e3)
     source   str    default ""
     row      int    where the pair came from: the 1-based line of a .jsonl file, else the 0-based row
 
@@ -22,13 +23,18 @@ the prompt messages has them removed, so full conversations and bare continuatio
 Errors are ``DataError`` and name the file, the row and the field::
 
     train.jsonl line 17: field 'rejected': empty or whitespace-only
+
+Strings must be valid Unicode: a JSON escape of a lone surrogate (``"\\ud800"``) is an error in that
+field, like any other invalid value (and is skipped and counted under ``skip_invalid``).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +44,26 @@ import datasets
 import pyarrow as pa
 from datasets.table import InMemoryTable
 
-__all__ = ["CHAT_FEATURES", "TEXT_FEATURES", "DataError", "LoadReport", "load_pairs"]
+from rm_ds.formats import (
+    FORMATS,
+    SCORED_FILES,
+    Candidate,
+    FormatOptions,
+    RowError,
+    convert,
+    detect_format,
+    group_rows,
+    scored_from_files,
+)
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+__all__ = ["CHAT_FEATURES", "TEXT_FEATURES", "DataError", "FormatOptions", "LoadReport", "load_pairs"]
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 MAX_EXAMPLES = 5
+MAX_WEIGHT = 1e3
+"""Largest accepted per-pair loss weight: beyond it one pair swamps a batch (and 1e308 overflows)."""
+MAX_ABS_MARGIN = 1e3
+"""Largest accepted |margin|: margins are reward-scale offsets inside the sigmoid."""
 
 _MESSAGES = datasets.List(
     {"role": datasets.Value("string"), "content": datasets.Value("string")}
@@ -74,6 +96,17 @@ CHAT_FEATURES = datasets.Features(
 )
 
 
+PROVENANCE = {
+    "pref": datasets.Value("float64"),
+    "file": datasets.Value("string"),
+    "orig_id": datasets.Value("string"),
+}
+PREFS_FEATURE = datasets.List(datasets.Value("float64"))
+"""``prefs`` (with objectives): one preference probability per objective, NaN where unlabelled."""
+"""Columns added for converted formats (and ``pref`` with ``pref_field``): the preference probability
+(1 = chosen preferred, 0.5 = tie), the file (or hub split) the pair came from and the input's own id."""
+
+
 class DataError(ValueError):
     """Bad input data; the message names the file (or dataset), the row or line, and the field."""
 
@@ -92,6 +125,28 @@ class LoadReport:
     """Reason (e.g. "missing field 'chosen'") -> number of rows skipped for it (skip_invalid=True)."""
     examples: list[str] = field(default_factory=list)
     """The first few skip messages in full, with file, row and field."""
+    format: str = "pairs"
+    """The format the rows were read as (data.format, or what auto detected)."""
+    format_reason: str = field(default="", compare=False)
+    """Why: the config key, or the columns auto detection saw."""
+    filtered: dict[str, int] = field(default_factory=dict)
+    """Reason -> pairs left out by the format's rules (ties with data.ties=skip, SHP score ratio, ...)."""
+    n_ties: int = 0
+    """Tied pairs found (kept with pref 0.5 under data.ties=train, else counted in ``filtered``)."""
+    fingerprint: str = field(default="", compare=False)
+    """What was read, for cache keys: sha256 over every resolved file's name, size and bytes, or a hub
+    dataset's ``datasets`` fingerprint (which covers the revision it was loaded at)."""
+
+    def summary(self) -> str:
+        """One line for the load log: format, counts, skips and filters."""
+        s = f"format {self.format} ({self.format_reason}): {self.n_loaded} pairs from {self.n_rows} rows"
+        if self.skipped:
+            s += f"; {sum(self.skipped.values())} invalid rows skipped {dict(self.skipped)}"
+        if self.n_ties:
+            s += f"; {self.n_ties} ties"
+        if self.filtered:
+            s += f"; filtered {dict(self.filtered)}"
+        return s
 
 
 @dataclass(frozen=True)
@@ -121,13 +176,15 @@ class _Rows:
     name: str
     """File path or dataset name, as used in messages."""
     stem: str
-    """Prefix of fallback pair ids."""
+    """Prefix of fallback pair ids (unique among the sources of one load)."""
     locs: list[int]
     rows: list[Any]
     present: set[str]
     """Fields that occur in at least one row (or columns of a table)."""
     by_line: bool
     """True: locs are 1-based line numbers; False: 0-based row indices."""
+    fingerprint: str = ""
+    """Content digest of the file (name, size, bytes), or the hub dataset's ``datasets`` fingerprint."""
 
     def where(self, i: int) -> str:
         return (
@@ -211,8 +268,10 @@ def _read_json(path: Path, name: str) -> _Rows:
 
 
 def _from_table(
-    ds: datasets.Dataset, *, name: str, stem: str, wanted: Sequence[str]
+    ds: datasets.Dataset, *, name: str, stem: str, wanted: Sequence[str] | Any
 ) -> _Rows:
+    if callable(wanted):  # the columns to read depend on the format the column names show
+        wanted = wanted(set(ds.column_names))
     cols = [c for c in dict.fromkeys(wanted) if c in ds.column_names]
     data = ds.select_columns(cols).to_dict() if cols else {}
     n = ds.num_rows
@@ -241,7 +300,32 @@ def _read_parquet(path: Path, name: str, wanted: Sequence[str]) -> _Rows:
     return _from_table(ds, name=name, stem=path.stem, wanted=wanted)
 
 
+def _read_arrow(path: Path, name: str, wanted: Sequence[str] | Any) -> _Rows:
+    """An Arrow file: the stream format ``datasets`` writes (save_to_disk), else the Arrow IPC file format."""
+    try:
+        ds = datasets.Dataset.from_file(str(path))
+    except (OSError, pa.ArrowException):
+        try:
+            with pa.memory_map(str(path)) as src:
+                table = pa.ipc.open_file(src).read_all()
+            ds = datasets.Dataset(InMemoryTable(table))
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{name}: cannot read arrow file: {type(e).__name__}: {e}") from e
+    return _from_table(ds, name=name, stem=path.stem, wanted=wanted)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE")
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
 def _read_hub(name: str, split: str | None, wanted: Sequence[str]) -> _Rows:
+    if _offline():
+        raise DataError(
+            f"{name}: not a local file or directory, and hub datasets need network access, but "
+            f"HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set (offline): pass a local .jsonl, .json, .parquet or "
+            f".arrow file or folder instead"
+        )
     try:
         obj = datasets.load_dataset(name, split=split)
     except Exception as e:
@@ -260,7 +344,9 @@ def _read_hub(name: str, split: str | None, wanted: Sequence[str]) -> _Rows:
             f"{name}: expected a map-style dataset, got {type(obj).__name__}"
         )
     label = f"{name}[{split}]" if split else name
-    return _from_table(obj, name=label, stem=label, wanted=wanted)
+    src = _from_table(obj, name=label, stem=label, wanted=wanted)
+    src.fingerprint = f"hub:{name}:{split}:{obj._fingerprint}"
+    return src
 
 
 def _local_files(path_or_name: str) -> list[Path] | None:
@@ -270,6 +356,8 @@ def _local_files(path_or_name: str) -> list[Path] | None:
         files = sorted(
             f for f in p.iterdir() if f.is_file() and f.suffix in LOCAL_SUFFIXES
         )
+        if any(f.suffix == ".arrow" for f in files):  # a save_to_disk folder: its JSON files are metadata
+            files = [f for f in files if f.name not in ("state.json", "dataset_info.json")]
         if not files:
             raise DataError(
                 f"{path_or_name}: directory has no {'/'.join(LOCAL_SUFFIXES)} files"
@@ -304,15 +392,42 @@ def _read_all(
     if files is None:
         return [_read_hub(path_or_name, split, wanted)]
     out = []
-    for f in files:
+    for f, prefix in zip(files, _id_prefixes(files)):
         name = path_or_name if len(files) == 1 else str(f)
         if f.suffix == ".jsonl":
-            out.append(_read_jsonl(f, name))
+            src = _read_jsonl(f, name)
         elif f.suffix == ".json":
-            out.append(_read_json(f, name))
+            src = _read_json(f, name)
+        elif f.suffix == ".arrow":
+            src = _read_arrow(f, name, wanted)
         else:
-            out.append(_read_parquet(f, name, wanted))
+            src = _read_parquet(f, name, wanted)
+        src.stem = prefix
+        src.fingerprint = _file_digest(f)
+        out.append(src)
     return out
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256(f"{path.resolve()}\0{path.stat().st_size}\0".encode())
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _id_prefixes(files: list[Path]) -> list[str]:
+    """Fallback-id prefixes, one per file and all distinct: the stems, or, when two files share a stem
+    (``a/train.jsonl``, ``b/train.jsonl``), each path relative to the files' common folder
+    (``a/train``), with its suffix too if that still collides (``a/train.json``)."""
+    stems = [f.stem for f in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    resolved = [f.resolve() for f in files]
+    common = Path(os.path.commonpath([str(f.parent) for f in resolved]))
+    rel = [f.relative_to(common) for f in resolved]
+    bare = [r.with_suffix("").as_posix() for r in rel]
+    return bare if len(set(bare)) == len(bare) else [r.as_posix() for r in rel]
 
 
 # ---------------------------------------------------------------- validation
@@ -334,10 +449,25 @@ def _wrong_type(f: str, expected: str, v: Any) -> _Invalid:
     )
 
 
+def _unicode(v: str, f: str, what: str = "") -> str:
+    """``v`` itself, if it is valid Unicode (json.loads lets lone surrogates like "\\ud800" through)."""
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise _Invalid(
+                f"invalid unicode in field '{f}'",
+                f"field '{f}': {what}lone surrogate {v[e.start]!r} at character {e.start} is not valid "
+                f"Unicode (an unpaired \\ud800-\\udfff escape; fix the text or the file's encoding)",
+            ) from None
+    return v
+
+
 def _text(raw: dict, f: str, *, nonempty: bool) -> str:
     v = _get(raw, f)
     if not isinstance(v, str):
         raise _wrong_type(f, "a string", v)
+    _unicode(v, f)
     if nonempty and not v.strip():
         raise _Invalid(f"empty field '{f}'", f"field '{f}': empty or whitespace-only")
     return v
@@ -352,6 +482,9 @@ def _messages(v: Any, f: str) -> list[dict[str, str]]:
         if isinstance(m, dict):
             role, content = m.get("role"), m.get("content")
             if isinstance(role, str) and isinstance(content, str) and role.strip():
+                k = len(out)
+                _unicode(role, f, f"message {k}: 'role': ")
+                _unicode(content, f, f"message {k}: 'content': ")
                 out.append({"role": role, "content": content})
                 continue
         _bad_message(m, f, len(out))
@@ -424,7 +557,7 @@ def _chat(raw: dict, fl: _Fields, *, has_prompt: bool) -> tuple[list, list, list
     if has_prompt:
         p = _get(raw, fl.prompt)
         if isinstance(p, str):
-            prompt = [{"role": "user", "content": p}] if p else []
+            prompt = [{"role": "user", "content": _unicode(p, fl.prompt)}] if p else []
         else:
             prompt = _messages(p, fl.prompt)
         n = len(prompt)
@@ -479,11 +612,22 @@ def _row(
             f"negative weight in field '{fl.weight}'",
             f"field '{fl.weight}': must be >= 0, got {weight}",
         )
+    if weight > MAX_WEIGHT:
+        raise _Invalid(
+            f"weight out of range in field '{fl.weight}'",
+            f"field '{fl.weight}': must be <= {MAX_WEIGHT:g}, got {weight:g}",
+        )
+    if abs(margin) > MAX_ABS_MARGIN:
+        raise _Invalid(
+            f"margin out of range in field '{fl.margin}'",
+            f"field '{fl.margin}': must be within [-{MAX_ABS_MARGIN:g}, {MAX_ABS_MARGIN:g}], got {margin:g}",
+        )
     source = ""
     if fl.source is not None and raw.get(fl.source) is not None:
         source = raw[fl.source]
         if not isinstance(source, str):
             raise _wrong_type(fl.source, "a string", source)
+        _unicode(source, fl.source)
     return {
         "format": fmt,
         "prompt": prompt,
@@ -501,7 +645,7 @@ def _pair_id(raw: dict, fl: _Fields, fallback: str) -> str:
     v = raw[fl.id]
     if isinstance(v, bool) or not isinstance(v, (str, int)):
         raise _wrong_type(fl.id, "a string or integer", v)
-    return str(v)
+    return _unicode(v, fl.id) if isinstance(v, str) else str(v)
 
 
 def _detect_format(sources: list[_Rows], chosen: str) -> tuple[str, str]:
@@ -539,6 +683,8 @@ def load_pairs(
     source_field: str | None = "source",
     skip_invalid: bool = False,
     max_pairs: int | None = None,
+    format: str = "auto",
+    options: FormatOptions | None = None,
 ) -> tuple[datasets.Dataset, LoadReport]:
     """Read preference pairs into a canonical dataset (columns in the module docstring).
 
@@ -546,6 +692,11 @@ def load_pairs(
     hub dataset name (``split`` is used only there; needs network). Invalid rows raise DataError unless
     ``skip_invalid``, which drops and counts them. ``max_pairs`` keeps the first N valid pairs (rows
     after those are not validated). Zero valid pairs is always a DataError.
+
+    ``format``: ``auto`` (detected from the columns, see ``rm_ds.formats.detect_format``), ``pairs``
+    (the fields above), or a published shape (``hh``, ``shp``, ``ultrafeedback``, ``helpsteer``,
+    ``scored``), converted by ``rm_ds.formats`` under ``options``; those datasets also carry the
+    ``PROVENANCE`` columns. The report names the format and why it was chosen.
     """
     if max_pairs is not None and max_pairs < 1:
         raise ValueError(f"max_pairs must be >= 1 or None, got {max_pairs}")
@@ -571,7 +722,32 @@ def load_pairs(
         )
         if f is not None
     ]
-    sources = _read_all(path_or_name, split=split, wanted=wanted)
+    opts = options or FormatOptions()
+    if format not in ("auto", *FORMATS):
+        raise ValueError(f"format must be auto or one of {', '.join(FORMATS)}, got {format!r}")
+    if opts.pref_field is not None:
+        wanted.append(opts.pref_field)
+    if opts.objectives:
+        wanted.append(opts.objectives_field)
+    scored = _scored_folder(path_or_name) if format in ("auto", "scored") else None
+    if scored is not None:
+        sources = [scored]
+        fmt, why = "scored", f"a folder with {', '.join(SCORED_FILES)}"
+    else:
+        def pick(cols: set[str]) -> Sequence[str]:
+            f = format if format != "auto" else detect_format(cols, None)[0]
+            return wanted if f == "pairs" else sorted(cols)
+
+        sources = _read_all(path_or_name, split=split, wanted=pick)
+        present = set().union(*(src.present for src in sources))
+        first = next((r for src in sources for r in src.rows if isinstance(r, dict)), None)
+        fmt, why = detect_format(present, first) if format == "auto" else (format, f"data.format={format}")
+    if fmt != "pairs" and opts.objectives:
+        raise DataError(f"{path_or_name}: several objectives (model.objectives) are read from pairs rows with a "
+                        f"'{opts.objectives_field}' field; this data is format {fmt} ({why})")
+    if fmt != "pairs":
+        return _load_converted(sources, fmt, why, opts, path_or_name=path_or_name, skip_invalid=skip_invalid,
+                               max_pairs=max_pairs)
 
     for src in sources:
         required = [chosen_field, rejected_field, margin_field, weight_field]
@@ -589,9 +765,15 @@ def load_pairs(
     fmt, fmt_origin = _detect_format(sources, chosen_field)
 
     report = LoadReport(
-        source=path_or_name, n_rows=sum(len(s.rows) for s in sources), n_loaded=0
+        source=path_or_name, n_rows=sum(len(s.rows) for s in sources), n_loaded=0,
+        format="pairs", format_reason=why,
+        fingerprint=hashlib.sha256("\0".join(s.fingerprint for s in sources).encode()).hexdigest(),
     )
     cols: dict[str, list[Any]] = {k: [] for k in TEXT_FEATURES}
+    if opts.pref_field is not None:
+        cols["pref"] = []
+    if opts.objectives:
+        cols["prefs"] = []
     first_seen: dict[str, str] = {}
     for src, i in _iter_rows(sources):
         if max_pairs is not None and len(cols["row"]) >= max_pairs:
@@ -607,12 +789,18 @@ def load_pairs(
                 has_prompt=prompt_field in src.present,
                 fmt_origin=fmt_origin,
             )
+            if opts.pref_field is not None:
+                out["pref"] = _pref(raw, opts.pref_field)
+            if opts.objectives:
+                out["prefs"] = _objective_prefs(raw, opts.objectives_field, opts.objectives)
             pid = _pair_id(raw, fl, f"{src.stem}:{src.locs[i]}")
             if pid in first_seen:
                 f = id_field or "pair_id"
+                what = (f"absent, and the numbered fallback id {pid!r} is already taken"
+                        if id_field and raw.get(id_field) in (None, "") else f"duplicate pair id {pid!r}")
                 raise _Invalid(
                     f"duplicate id in field '{f}'",
-                    f"field '{f}': duplicate pair id {pid!r} (first at {first_seen[pid]})",
+                    f"field '{f}': {what} (first at {first_seen[pid]})",
                 )
         except _Invalid as e:
             msg = f"{src.where(i)}: {e.detail}"
@@ -635,8 +823,141 @@ def load_pairs(
         )
     report.n_loaded = len(cols["row"])
     features = TEXT_FEATURES if fmt == "text" else CHAT_FEATURES
+    if opts.pref_field is not None:
+        features = datasets.Features({**features, "pref": PROVENANCE["pref"]})
+    if opts.objectives:
+        features = datasets.Features({**features, "prefs": PREFS_FEATURE})
     # straight to arrow: Dataset.from_dict would re-encode every value in Python (several times slower)
     table = pa.Table.from_pydict(cols, schema=features.arrow_schema)
     return datasets.Dataset(
         InMemoryTable(table), info=datasets.DatasetInfo(features=features)
     ), report
+
+
+# ---------------------------------------------------------------- published formats (rm_ds.formats)
+
+
+def _pref(raw: dict, f: str) -> float:
+    p = _number(raw, f, 1.0)
+    if not 0.0 <= p <= 1.0:
+        raise _Invalid(f"preference out of range in field '{f}'", f"field '{f}': must be in [0, 1], got {p}")
+    return p
+
+
+def _objective_prefs(raw: dict, f: str, objectives: Sequence[str]) -> list[float]:
+    """{objective: p or null} -> one p per objective in order, NaN where absent or null (unlabelled)."""
+    v = _get(raw, f)
+    if not isinstance(v, dict):
+        raise _wrong_type(f, "an object {objective: p}", v)
+    unknown = sorted(set(v) - set(objectives))
+    if unknown:
+        raise _Invalid(f"unknown objective in field '{f}'",
+                       f"field '{f}': unknown objective {unknown[0]!r} (model.objectives: {list(objectives)})")
+    out = [math.nan if v.get(o) is None else _pref({f"{f}.{o}": v[o]}, f"{f}.{o}") for o in objectives]
+    if all(math.isnan(p) for p in out):
+        raise _Invalid(f"no objective labelled in field '{f}'", f"field '{f}': labels none of {list(objectives)}")
+    return out
+
+
+def _scored_folder(path_or_name: str) -> _Rows | None:
+    """The folder form of ``scored`` (three parallel JSON files), or None if the path is not one."""
+    p = Path(path_or_name).expanduser()
+    if not p.is_dir() or not all((p / n).is_file() for n in SCORED_FILES):
+        return None
+    loaded = []
+    for n in SCORED_FILES:
+        try:
+            loaded.append(json.loads((p / n).read_bytes()))
+        except ValueError as e:
+            raise DataError(f"{p / n}: invalid JSON: {e}") from e
+    try:
+        rows = scored_from_files(*loaded)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path_or_name}: {e}") from None
+    return _Rows(name=f"{path_or_name} ({'/'.join(SCORED_FILES)})", stem=p.name, locs=list(range(len(rows))),
+                 rows=rows, present={"prompt", "responses", "rewards"}, by_line=False)
+
+
+def _candidate_row(cand: Candidate, kind: str, origin: str) -> dict[str, Any]:
+    """Validate one converted pair like a pairs row; field names in errors are the input's own."""
+    l_prompt, l_chosen, l_rejected = cand.labels
+    raw = {l_prompt: cand.prompt, l_chosen: cand.chosen, l_rejected: cand.rejected}
+    fl = _Fields(prompt=l_prompt, chosen=l_chosen, rejected=l_rejected, id=None, margin=None, weight=None,
+                 source=None)
+    out = _row(raw, fl, fmt=kind, has_prompt=True, fmt_origin=origin)
+    out.update(margin=float(cand.margin), weight=float(cand.weight), source=cand.source, pref=float(cand.pref))
+    return out
+
+
+def _load_converted(sources: list[_Rows], fmt: str, why: str, opts: FormatOptions, *, path_or_name: str,
+                    skip_invalid: bool, max_pairs: int | None) -> tuple[datasets.Dataset, LoadReport]:
+    """Rows of a published format -> canonical pairs with the PROVENANCE columns (``load_pairs``)."""
+    report = LoadReport(source=path_or_name, n_rows=sum(len(s.rows) for s in sources), n_loaded=0, format=fmt,
+                        format_reason=why,
+                        fingerprint=hashlib.sha256("\0".join(s.fingerprint for s in sources).encode()).hexdigest())
+    cols: dict[str, list[Any]] = {k: [] for k in (*TEXT_FEATURES, *PROVENANCE)}
+    first_seen: dict[str, str] = {}
+    kind = origin = None
+
+    def invalid(reason: str, msg: str) -> None:
+        if not skip_invalid:
+            raise DataError(msg) from None
+        report.skipped[reason] = report.skipped.get(reason, 0) + 1
+        if len(report.examples) < MAX_EXAMPLES:
+            report.examples.append(msg)
+
+    def full() -> bool:
+        return max_pairs is not None and len(cols["row"]) >= max_pairs
+
+    for src in sources:
+        for unit in group_rows(fmt, src.rows):
+            if full():
+                break
+            rows = [src.rows[i] for i in unit]
+            bad = next((k for k, r in enumerate(rows) if isinstance(r, _Invalid)), None)
+            if bad is not None:
+                invalid(rows[bad].reason, f"{src.where(unit[bad])}: {rows[bad].detail}")
+                continue
+            try:
+                conv = convert(fmt, rows, opts)
+            except RowError as e:
+                invalid(e.reason, f"{src.where(unit[e.member])}: {e.detail}")
+                continue
+            report.n_ties += conv.ties
+            for reason, n in conv.filtered.items():
+                report.filtered[reason] = report.filtered.get(reason, 0) + n
+            for cand in conv.pairs:
+                if full():
+                    break
+                i = unit[cand.member]
+                if kind is None:
+                    kind = "chat" if isinstance(cand.chosen, list) else "text"
+                    origin = f"as {src.where(i)} says"
+                if cand.other is not None:  # a pair of two rows: named by both
+                    pid = f"{src.stem}:{src.locs[i]}>{src.locs[unit[cand.other]]}"
+                else:
+                    pid = (cand.orig_id or f"{src.stem}:{src.locs[i]}") + (f":{cand.key}" if cand.key else "")
+                try:
+                    out = _candidate_row(cand, kind, origin)
+                    if pid in first_seen:
+                        raise _Invalid("duplicate pair id", f"duplicate pair id {pid!r} (first at {first_seen[pid]})")
+                except _Invalid as e:
+                    if e.reason == "identical chosen and rejected" and cand.key:  # two equal sampled responses
+                        report.filtered["identical responses"] = report.filtered.get("identical responses", 0) + 1
+                        continue
+                    invalid(e.reason, f"{src.where(i)}: {e.detail}")
+                    continue
+                first_seen[pid] = src.where(i)
+                out.update(pair_id=pid, row=src.locs[i], file=src.name, orig_id=cand.orig_id)
+                for k, v in out.items():
+                    cols[k].append(v)
+
+    if not cols["row"]:
+        raise DataError(
+            f"{path_or_name}: no valid pairs in {report.n_rows} rows read as format {fmt} ({why}; skipped: "
+            f"{report.skipped}; filtered: {report.filtered}; first problems: {report.examples})"
+        )
+    report.n_loaded = len(cols["row"])
+    features = datasets.Features({**(TEXT_FEATURES if kind == "text" else CHAT_FEATURES), **PROVENANCE})
+    table = pa.Table.from_pydict(cols, schema=features.arrow_schema)
+    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features)), report

@@ -11,18 +11,21 @@ options). Every folder is an argument: nothing here reads the environment or the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rm_ds.config import DataConfig, TrainConfig
-from rm_ds.data import load_pairs
+from rm_ds.config import ConfigError, DataConfig, TrainConfig
+from rm_ds.data import DataError, load_pairs
+from rm_ds.formats import format_options
 from rm_ds.packing import pair_lengths, sampler_cost
 from rm_ds.sampler import PairSampler, SamplerConfig
 from rm_ds.tokenize import TokenizeOptions, cache_key, tokenize_pairs
 
-ROW_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "margin", "weight"]
+ROW_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids", "margin", "weight", "pref", "prefs"]
 """The columns a training row carries into collate."""
 
 
@@ -33,7 +36,9 @@ class PreparedData:
     eval: object | None
     """Tokenised eval pairs (None without data.eval_path)."""
     notes: list[str]
-    """One line per split: rows loaded, skipped and tokenised."""
+    """One line per split: format, rows loaded, skipped, filtered and tokenised."""
+    reports: list[dict] = dataclasses.field(default_factory=list)
+    """Per split: the LoadReport (format and why, counts, skips, filters, ties) and tokenisation counts."""
 
 
 def cache_dir_for(data: DataConfig, *, home: Path) -> Path:
@@ -48,7 +53,7 @@ def resolve_data_path(path: str, *, builtin_dir: Path) -> str:
         return path
     name = path[len("builtin:"):]
     if name not in ("wordnet/train", "wordnet/eval"):
-        raise ValueError(f"data path {path!r}: unknown builtin (known: builtin:wordnet/train, builtin:wordnet/eval)")
+        raise ConfigError(f"data path {path!r}: unknown builtin (known: builtin:wordnet/train, builtin:wordnet/eval)")
     from rm_ds.wordnet import build_wordnet_pairs
 
     out = Path(builtin_dir) / "wordnet"
@@ -74,48 +79,61 @@ def source_digest(path: str, **options) -> str:
 
 
 def load_split(data: DataConfig, tokenizer, path: str, *, split: str, max_pairs: int | None, cache_dir: Path,
-               builtin_dir: Path):
+               builtin_dir: Path, objectives: Sequence[str] = ()):
     """One split read, validated and tokenised (through the cache in ``cache_dir``): (dataset, note)."""
+    tok, note, _ = load_split_with_report(data, tokenizer, path, split=split, max_pairs=max_pairs,
+                                          cache_dir=cache_dir, builtin_dir=builtin_dir, objectives=objectives)
+    return tok, note
+
+
+def load_split_with_report(data: DataConfig, tokenizer, path: str, *, split: str, max_pairs: int | None,
+                           cache_dir: Path, builtin_dir: Path, objectives: Sequence[str] = ()):
+    """``load_split`` plus the split's report as a dict (LoadReport fields, tokenisation counts);
+    ``objectives`` (model.objectives) adds the per-objective ``prefs`` column."""
     d = data
+    fopts = format_options(d, objectives=objectives)
     source = resolve_data_path(path, builtin_dir=builtin_dir)
     ds, report = load_pairs(source, split=split, prompt_field=d.prompt_field,
                             chosen_field=d.chosen_field, rejected_field=d.rejected_field, id_field=d.id_field,
                             margin_field=d.margin_field, weight_field=d.weight_field, source_field=d.source_field,
-                            skip_invalid=d.skip_invalid, max_pairs=max_pairs)
+                            skip_invalid=d.skip_invalid, max_pairs=max_pairs, format=d.format, options=fopts)
     opts = TokenizeOptions(max_length=d.max_length, overlong=d.overlong, chat_template=d.chat_template,
                            response_separator=d.response_separator)
     key = cache_key(source_digest(source, split=split, skip_invalid=d.skip_invalid,
+                                  content=report.fingerprint,  # every file a glob/dir resolves to; hub fingerprint
                                   max_pairs=max_pairs, fields=(d.prompt_field, d.chosen_field, d.rejected_field,
                                                                d.id_field, d.margin_field, d.weight_field,
-                                                               d.source_field)), tokenizer, opts)
+                                                               d.source_field),
+                                  format=(d.format, fopts)), tokenizer, opts)
     tok, treport = tokenize_pairs(ds, tokenizer, opts, num_proc=d.num_proc,
                                   cache_file=str(Path(cache_dir) / f"{key}.arrow"))
-    skipped = sum(report.skipped.values())
-    note = f"{path}: {report.n_loaded} valid of {report.n_rows} rows" + (
-        f" ({skipped} skipped: {dict(report.skipped)})" if skipped else "") + f"; tokenized {treport.summary()}"
+    note = f"{path}: {report.summary()}; tokenized {treport.summary()}"
     if len(tok) == 0:
-        raise ValueError(f"{path}: no pairs left after tokenization ({treport.summary()})")
-    return tok, note
+        raise DataError(f"{path}: no pairs left after tokenization ({treport.summary()}); raise data.max_length "
+                        f"or check the data")
+    return tok, note, {"path": path, "split": split, **dataclasses.asdict(report), "tokenized": treport.counts}
 
 
 def prepare_data(data: DataConfig, tokenizer, *, cache_dir: Path, builtin_dir: Path,
-                 training: bool = True) -> PreparedData:
+                 training: bool = True, objectives: Sequence[str] = ()) -> PreparedData:
     """The train split (when ``training``) and the eval split (when ``data.eval_path`` is set).
 
     On several ranks call it inside ``dist.main_rank_first`` so one rank per node fills the cache.
     """
-    dirs = dict(cache_dir=cache_dir, builtin_dir=builtin_dir)
-    train, notes = None, []
+    dirs = dict(cache_dir=cache_dir, builtin_dir=builtin_dir, objectives=objectives)
+    train, notes, reports = None, [], []
     if training:
-        train, n1 = load_split(data, tokenizer, data.train_path, split=data.train_split,
-                               max_pairs=data.max_train_pairs, **dirs)
+        train, n1, r1 = load_split_with_report(data, tokenizer, data.train_path, split=data.train_split,
+                                               max_pairs=data.max_train_pairs, **dirs)
         notes.append(n1)
+        reports.append(r1)
     ev = None
     if data.eval_path:
-        ev, n2 = load_split(data, tokenizer, data.eval_path, split=data.eval_split,
-                            max_pairs=data.max_eval_pairs, **dirs)
+        ev, n2, r2 = load_split_with_report(data, tokenizer, data.eval_path, split=data.eval_split,
+                                            max_pairs=data.max_eval_pairs, **dirs)
         notes.append(n2)
-    return PreparedData(train=train, eval=ev, notes=notes)
+        reports.append(r2)
+    return PreparedData(train=train, eval=ev, notes=notes, reports=reports)
 
 
 def build_sampler(train_ds, t: TrainConfig, *, prefix_sharing: bool, packing: bool, world_size: int,

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as tdist
@@ -31,7 +35,16 @@ class DistInfo:
         return self.rank == 0
 
 
-def init(*, mpi_discovery: bool = False) -> DistInfo:
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_WAIT_TIMEOUT_S = 4 * 3600.0
+_long_group = None
+"""A second (gloo) group over all ranks with the long timeout, for waits on rank 0 alone."""
+_peers: list[tuple[str, int]] = []
+"""(host name, pid) of every rank, to say which one failed when a collective does."""
+
+
+def init(*, mpi_discovery: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
+         wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> DistInfo:
     """Join (or create) the process group through deepspeed; gloo on CPU, nccl on GPUs.
 
     Works under the ``deepspeed`` launcher (one node or ``--no_ssh`` per node), torchrun, and
@@ -53,9 +66,15 @@ def init(*, mpi_discovery: bool = False) -> DistInfo:
             os.environ.setdefault(k, v)
         if "MASTER_PORT" not in os.environ:
             os.environ["MASTER_PORT"] = str(_free_port())
-    # the environment is complete, so deepspeed does no discovery of its own
-    deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False)
+    # the environment is complete, so deepspeed does no discovery of its own. timeout: how long any
+    # collective waits for a peer before failing (config dist.timeout_s), instead of DeepSpeed's default
+    _set_default_timeout(timeout_s)
+    deepspeed.init_distributed(auto_mpi_discovery=False, verbose=False, timeout=timedelta(seconds=timeout_s))
     info = current()
+    global _long_group, _peers
+    if info.world_size > 1:
+        _long_group = tdist.new_group(backend="gloo", timeout=timedelta(seconds=max(wait_timeout_s, timeout_s)))
+        _peers = gather_objects((socket.gethostname(), os.getpid()))
     if info.world_size > 1:  # one line per rank: what a multi-node log needs to show who joined what
         # one write, so the lines of ranks sharing a log do not interleave
         sys.stderr.write(f"[rank{info.rank}] rm_ds.dist: joined world size {info.world_size} as rank {info.rank} "
@@ -63,6 +82,20 @@ def init(*, mpi_discovery: bool = False) -> DistInfo:
                          f"{os.environ['MASTER_PORT']})\n")
         sys.stderr.flush()
     return info
+
+
+def _set_default_timeout(timeout_s: float) -> None:
+    """Make ``timeout_s`` the default of every process group created from now on.
+
+    DeepSpeed creates its own groups (ZeRO's data-parallel group, where a step's gradients are
+    reduced) with ``new_group(ranks)``, which takes torch's module default (30 min), not the world
+    group's timeout: a stuck rank would block the others that long whatever init was given.
+    """
+    from torch.distributed import distributed_c10d as c10d
+
+    for name in ("default_pg_timeout", "default_pg_nccl_timeout"):
+        if isinstance(getattr(c10d, name, None), timedelta):
+            setattr(c10d, name, timedelta(seconds=timeout_s))
 
 
 def _mpi_env() -> dict[str, str]:
@@ -160,22 +193,44 @@ def gather_rows(local: torch.Tensor) -> torch.Tensor:
     return torch.cat([b[:s] for b, s in zip(blocks, sizes)], dim=0)
 
 
+def gather_objects(obj) -> list:
+    """Every rank's picklable ``obj``, in rank order, on every rank."""
+    if not (tdist.is_initialized() and tdist.get_world_size() > 1):
+        return [obj]
+    out = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     if tdist.is_initialized() and tdist.get_world_size() > 1:
         tdist.barrier()
+
+
+def wait_for_all() -> None:
+    """A barrier with the long timeout (dist.wait_timeout_s): for ranks that wait while rank 0 alone
+    works (filling the tokenised cache, exporting a big model), which must not trip dist.timeout_s."""
+    if _long_group is not None:
+        tdist.barrier(group=_long_group)
+    else:
+        barrier()
 
 
 @contextmanager
 def main_rank_first(info: DistInfo):
     """Each node's local rank 0 runs the body first (e.g. to fill a node-local cache), then the rest.
 
-    Every rank passes the same two barriers, so the ordering holds across nodes too.
+    Every rank passes the same two barriers, so the ordering holds across nodes too. When the body
+    fails on local rank 0 (bad data, say), the others still get through and usually meet the same
+    error themselves, instead of a broken connection while rank 0 exits.
     """
     if info.local_rank != 0:
-        barrier()
-    yield
-    if info.local_rank == 0:
-        barrier()
+        wait_for_all()
+    try:
+        yield
+    finally:
+        if info.local_rank == 0:
+            wait_for_all()
 
 
 def shutdown(exit_code: int = 0) -> None:
@@ -196,3 +251,98 @@ def shutdown(exit_code: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(exit_code)
+
+
+def _launcher_rank() -> int:
+    """This process's rank before (or without) a process group: from the launcher's variables."""
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def exit_with_error(message: str, code: int) -> None:
+    """End this process with ``code`` after printing ``message`` as one line on rank 0 only.
+
+    Every rank usually meets the same config or data error. The other ranks wait a moment first: the
+    launchers (deepspeed, torchrun, mpirun) kill the remaining ranks once rank 0 has exited, so the
+    line is printed once. A rank that is still alive after the wait (its error was its own) prints it
+    too, with its rank, so no error goes unreported.
+    """
+    rank = tdist.get_rank() if tdist.is_initialized() else _launcher_rank()
+    line = " ".join(message.splitlines())
+    if rank != 0:
+        time.sleep(3.0)
+        line = f"[rank{rank}] {line}"
+    sys.stderr.write(line + "\n")
+    shutdown(code)
+
+
+_PEER_FAILURE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out",
+                 "Socket Timeout", "connection refused", "Connection refused")
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """For an exception that a failed collective raised (a peer died, or stopped answering until the
+    timeout): a one-line diagnosis naming the rank(s) at fault where this node can tell; else None."""
+    if not tdist.is_initialized() or tdist.get_world_size() < 2:
+        return None
+    text = f"{type(exc).__name__}: {exc}"
+    if not (isinstance(exc, tdist.DistError) or any(m in text for m in _PEER_FAILURE)):
+        return None
+    me = tdist.get_rank()
+    found, remote = _faulty_peers(me)
+    if not found:  # the launcher terminates the survivors once it sees the dead rank: say why first
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for _ in range(30):  # a killed peer's sockets close before the kernel has finished ending it
+        if found:
+            break
+        time.sleep(0.1)
+        found, remote = _faulty_peers(me)
+    if not found:
+        elsewhere = f"; ranks {remote} run elsewhere" if remote else ""
+        found = [f"no rank on this node is dead or stopped{elsewhere}, so a rank is stuck or its host failed"]
+    kind = "timed out (dist.timeout_s)" if "imed out" in text or "Timeout" in text else "failed"
+    first = " ".join(str(exc).splitlines()[:1])[:300]
+    return (f"rank {me}: a collective {kind}: a rank stopped responding: {'; '.join(found)}. "
+            f"Resume with resume=auto from the last complete checkpoint. ({type(exc).__name__}: {first})")
+
+
+def _faulty_peers(me: int) -> tuple[list[str], list[int]]:
+    """(what is wrong with the other ranks on this node, the ranks on other nodes)."""
+    host = socket.gethostname()
+    found, remote = [], []
+    for r, (h, pid) in enumerate(_peers):
+        if r == me:
+            continue
+        if h != host:
+            remote.append(r)
+            continue
+        state = _process_state(pid)
+        if state is None:
+            found.append(f"rank {r} (pid {pid}) has exited or was killed")
+        elif state in ("T", "t"):
+            found.append(f"rank {r} (pid {pid}) is stopped (SIGSTOP or a debugger)")
+    return found, remote
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of a local process from /proc (R, S, D, T, Z, ...), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "?"
+        return "?"
+    return None if state in ("Z", "X") else state
+
+
+def exit_peer_lost(message: str, code: int) -> None:
+    """Print the diagnosis at once on this rank (every survivor says what it saw) and exit."""
+    sys.stderr.write(" ".join(message.splitlines()) + "\n")
+    shutdown(code)

@@ -45,6 +45,8 @@ class StepStats:
     """Micro-steps this step took on each rank."""
     grad_norm: float | None
     lr: float
+    nonfinite_micro: int | None = None
+    """This rank's first micro-batch whose loss was NaN or inf (None: all finite)."""
 
 
 @contextlib.contextmanager
@@ -106,40 +108,62 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
     """One optimizer step over this rank's micro-batches (every rank passes the same count).
 
     ``loss_fn(chosen, rejected, batch)`` returns the per-pair loss; the step masks filler pairs and
-    reduces it once by the global pair count.
+    reduces it once by the global pair count. With several objectives the count is that of labelled
+    (pair, objective) entries (``batch["n_terms"]``), and the stats are means over those entries.
     """
     # from_pretrained returns the model in eval mode and scoring switches to it: dropout needs train mode
     engine.train()
-    local_pairs = sum(b["n_pairs"] for b in micro_batches)
+    local_pairs = sum(b.get("n_terms", b["n_pairs"]) for b in micro_batches)
     global_pairs = float(dist.all_reduce_sum([local_pairs])[0])  # the one all-reduce of counts
     if global_pairs <= 0:
         raise RuntimeError("optimizer step with no pairs on any rank")
     scale = world_size / global_pairs
     sums = {k: torch.zeros((), dtype=torch.float64) for k in STEP_SUMS}
+    nonfinite, own_norm = None, None
     for i, batch in enumerate(micro_batches):
         engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
         chosen, rejected = rewards(engine, batch)
         per_pair = loss_fn(chosen, rejected, batch)
         mask = batch["pair_mask"]
         # scale the summed loss so the accumulated, rank-averaged gradient is the mean over all pairs
-        engine.backward((per_pair * mask).sum() * scale, scale_wrt_gas=False)
+        micro_loss = (per_pair * mask).sum()
+        if nonfinite is None and not bool(torch.isfinite(micro_loss.detach())):
+            nonfinite = i
+        engine.backward(micro_loss * scale, scale_wrt_gas=False)
+        if i == len(micro_batches) - 1 and zero_stage(engine.config) == 0:
+            own_norm = _grad_norm(engine)  # ZeRO-0 clips without keeping the norm: measure it before the step
         engine.step()
         with torch.no_grad():
             diff = (chosen - rejected).double()
             correct = (diff > 0).double() + 0.5 * (diff == 0).double()
+            entries = mask.double() if diff.dim() == 1 else _labelled(batch, diff) * mask.double()[:, None]
             sums["loss"] += (per_pair.double() * mask).sum()
-            sums["correct"] += (correct * mask).sum()
-            sums["margin"] += (diff * mask).sum()
+            sums["correct"] += (correct * entries).sum()
+            sums["margin"] += (diff * entries).sum()
             sums["real_tokens"] += float(batch["real_tokens"])
             sums["computed_tokens"] += float(batch["computed_tokens"])
             sums["unshared_tokens"] += float(batch.get("unshared_tokens", batch["real_tokens"]))
     g = dict(zip(STEP_SUMS, dist.all_reduce_sum(torch.stack([sums[k] for k in STEP_SUMS])).tolist()))
     grad_norm = engine.get_global_grad_norm()
+    if grad_norm is None:
+        grad_norm = own_norm
     return StepStats(loss=g["loss"] / global_pairs, accuracy=g["correct"] / global_pairs,
                      margin=g["margin"] / global_pairs, n_pairs=int(global_pairs), real_tokens=int(g["real_tokens"]),
                      computed_tokens=int(g["computed_tokens"]), unshared_tokens=int(g["unshared_tokens"]),
                      micro_steps=len(micro_batches), grad_norm=None if grad_norm is None else float(grad_norm),
-                     lr=float(engine.get_lr()[0]))
+                     lr=float(engine.get_lr()[0]), nonfinite_micro=nonfinite)
+
+
+def _grad_norm(engine) -> float:
+    """L2 norm of the (already rank-averaged) gradients of a ZeRO-0 engine, every parameter whole."""
+    norms = [p.grad.detach().double().norm() for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def _labelled(batch: dict, diff: torch.Tensor) -> torch.Tensor:
+    """(B, K) 0/1: which (pair, objective) entries are labelled (none in a filler batch)."""
+    lab = batch.get("labelled")
+    return torch.zeros_like(diff) if lab is None else lab.double()
 
 
 @torch.no_grad()

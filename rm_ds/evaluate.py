@@ -35,10 +35,12 @@ def gather_scores(engine, ds, *, rank: int, world_size: int, collate, token_budg
                             prefix_sharing=prefix_sharing, packing=packing)
     scored = score_batches(engine, [b for _, b in batches])
     local = []
+    k = scored[0][0].shape[1] if scored and scored[0][0].dim() == 2 else 1  # rewards per response (objectives)
     for (idx, _batch), (c, r) in zip(batches, scored):
         if not idx:  # filler forward: nothing to record
             continue
-        local.append(torch.stack([torch.tensor(idx, dtype=torch.float64), c.double().cpu(), r.double().cpu()], dim=1))
-    mine = torch.cat(local) if local else torch.zeros((0, 3), dtype=torch.float64)
+        local.append(torch.cat([torch.tensor(idx, dtype=torch.float64)[:, None], c.double().cpu().reshape(len(idx), k),
+                                r.double().cpu().reshape(len(idx), k)], dim=1))
+    mine = torch.cat(local) if local else torch.zeros((0, 1 + 2 * k), dtype=torch.float64)
     allrows = dist.gather_rows(mine).numpy()
     return merge_records(allrows, n_expected=len(ds))

@@ -81,7 +81,7 @@ def export_run(run_dir: str | Path, *, step: str = "final", out: str | Path | No
     out = Path(out) if out else run_dir / "export" / step
     state = read_state(checkpoint_root(run_dir), tag)
     sd = consolidated_state_dict(str(checkpoint_root(run_dir)), tag)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     model = build_cpu_model(cfg, sd, tokenizer)
     adapter = (cfg.lora.export == "adapter") if adapter is None else adapter
     out.mkdir(parents=True, exist_ok=True)

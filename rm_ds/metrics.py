@@ -33,6 +33,7 @@ __all__ = [
     "fit_temperature",
     "pairwise_metrics",
     "both_orientations",
+    "objective_metrics",
 ]
 
 TEMPERATURE_MIN = 1e-2
@@ -79,6 +80,16 @@ def _per_pair(x, n: int, name: str) -> np.ndarray | float:
     if a.size != n:
         raise ValueError(f"{name} has {a.size} entries for {n} pairs")
     return a
+
+
+def _prefs(pref, n: int) -> np.ndarray:
+    """Soft labels as a 1-D array of n values in [0, 1]."""
+    p = _as_1d(pref, "pref")
+    if p.size != n:
+        raise ValueError(f"pref has {p.size} entries for {n} pairs")
+    if p.min() < 0.0 or p.max() > 1.0:
+        raise ValueError("pref must lie in [0, 1]")
+    return p
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -147,8 +158,12 @@ def bt_loss_per_pair(
     label_smoothing: float = 0.0,
     weight: np.ndarray | float = 1.0,
     reward_l2: float = 0.0,
+    pref: np.ndarray | None = None,
 ) -> np.ndarray:
     """Bradley-Terry loss of every pair (no reduction), float64.
+
+    With ``pref`` (soft labels p, 1 = chosen preferred) the target is q = (1 - eps) p + eps (1 - p) and
+    the BT term is ``q * softplus(-z) + (1 - q) * softplus(z)``; None is p = 1 (the formula below).
 
     ``z = beta * (r_c - r_r) - margin``
     ``loss = weight * ((1 - eps) * softplus(-z) + eps * softplus(z)) + reward_l2 * (r_c**2 + r_r**2) / 2``
@@ -164,9 +179,14 @@ def bt_loss_per_pair(
     m = _per_pair(margin, n, "margin")
     w = _per_pair(weight, n, "weight")
     z = beta * (c - r) - m
-    loss = _softplus(-z)
-    if label_smoothing:
-        loss = (1.0 - label_smoothing) * loss + label_smoothing * _softplus(z)
+    if pref is None:
+        loss = _softplus(-z)
+        if label_smoothing:
+            loss = (1.0 - label_smoothing) * loss + label_smoothing * _softplus(z)
+    else:
+        q = _prefs(pref, n)
+        q = (1.0 - label_smoothing) * q + label_smoothing * (1.0 - q)
+        loss = q * _softplus(-z) + (1.0 - q) * _softplus(z)
     loss = w * loss
     if reward_l2:
         loss = loss + reward_l2 * 0.5 * (c * c + r * r)
@@ -226,8 +246,13 @@ def expected_calibration_error(prob: np.ndarray, label: np.ndarray, *, n_bins: i
     return float(np.abs(sum_y - sum_p).sum() / p.size)
 
 
-def fit_temperature(margins: np.ndarray, *, beta: float = 1.0, weight: np.ndarray | None = None) -> float:
+def fit_temperature(margins: np.ndarray, *, beta: float = 1.0, weight: np.ndarray | None = None,
+                    pref: np.ndarray | None = None) -> float:
     """Temperature T > 0 minimising the (weighted) mean NLL of ``sigmoid(beta * margin / T)``, label 1 per pair.
+
+    With ``pref`` the label of pair i is the soft label p_i (NLL ``-(p log s + (1 - p) log(1 - s))``);
+    a pair with p_i < 0.5 is scored in its preferred orientation (margin and p flipped), which leaves
+    its NLL unchanged, and ties (p = 0.5) pull T towards large values as they should.
 
     ``margins`` are ``r_c - r_r``. Scoring both orientations of a pair (``margin`` with label 1 and
     ``-margin`` with label 0) gives exactly the same NLL, so this is also the fit on both orientations.
@@ -247,6 +272,9 @@ def fit_temperature(margins: np.ndarray, *, beta: float = 1.0, weight: np.ndarra
     x = _as_1d(margins, "margins") * float(beta)
     if x.size == 0:
         raise ValueError("no margins")
+    y = np.ones(x.size) if pref is None else _prefs(pref, x.size)
+    flip = y < 0.5
+    x, y = np.where(flip, -x, x), np.where(flip, 1.0 - y, y)
     if weight is None:
         w = np.full(x.size, 1.0 / x.size)
     else:
@@ -259,10 +287,12 @@ def fit_temperature(margins: np.ndarray, *, beta: float = 1.0, weight: np.ndarra
     keep = (w > 0.0) & (x != 0.0)
     if not keep.any():
         return 1.0
-    x, wx = x[keep], (w * x)[keep]
+    x, wx, y = x[keep], (w * x)[keep], y[keep]
 
+    # d/ds of -(y log sigmoid(x s) + (1 - y) log sigmoid(-x s)) is -x (y - sigmoid(x s));
+    # with y = 1 that is -x sigmoid(-x s), as before
     def grad(s: float) -> float:
-        return float(-np.dot(wx, _sigmoid(-x * s)))
+        return float(-np.dot(wx, y - _sigmoid(x * s)))
 
     lo, hi = 1.0 / TEMPERATURE_MAX, 1.0 / TEMPERATURE_MIN
     if grad(hi) <= 0.0:
@@ -272,7 +302,7 @@ def fit_temperature(margins: np.ndarray, *, beta: float = 1.0, weight: np.ndarra
     s = 1.0
     for _ in range(200):
         sig = _sigmoid(x * s)
-        g = float(-np.dot(wx, 1.0 - sig))
+        g = float(-np.dot(wx, y - sig))
         h = float(np.dot(wx * x, sig * (1.0 - sig)))
         if g < 0.0:
             lo = s
@@ -299,7 +329,7 @@ def both_orientations(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([_sigmoid(z), _sigmoid(-z)]), np.concatenate([np.ones(n), np.zeros(n)])
 
 
-def _calibration(z: np.ndarray, n_bins: int, suffix: str = "") -> dict[str, float]:
+def _calibration(z: np.ndarray, n_bins: int, suffix: str = "", pref: np.ndarray | None = None) -> dict[str, float]:
     """ECE / Brier / NLL of p = sigmoid(z), each pair scored in both orientations.
 
     Orientation 1 is (p, label 1), orientation 2 is (1 - p, label 0), so the labels are not all 1
@@ -309,6 +339,14 @@ def _calibration(z: np.ndarray, n_bins: int, suffix: str = "") -> dict[str, floa
     n = z.size
     prob, label = both_orientations(z)
     q = prob[n:]  # 1 - p without cancellation
+    if pref is not None and not np.all(pref == 1.0):  # soft labels: (p, y), (1 - p, 1 - y); Brier, NLL vs y
+        y = pref
+        label = np.concatenate([y, 1.0 - y])
+        return {
+            f"ece{suffix}": expected_calibration_error(prob, label, n_bins=n_bins),
+            f"brier{suffix}": float(np.dot(prob[:n] - y, prob[:n] - y) / n),
+            f"nll{suffix}": float((y * _softplus(-z) + (1.0 - y) * _softplus(z)).mean()),
+        }
     return {
         f"ece{suffix}": expected_calibration_error(prob, label, n_bins=n_bins),
         f"brier{suffix}": float(np.dot(q, q) / n),
@@ -331,8 +369,15 @@ def pairwise_metrics(
     chosen_len: np.ndarray | None = None,
     rejected_len: np.ndarray | None = None,
     temperature: float | None = None,
+    pref: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All eval metrics over ALL pairs as a flat ``{key: float}`` dict with stable keys.
+
+    ``pref`` (soft labels p per pair, 1 = chosen preferred, 0.5 = tie; None = all 1) changes: the
+    loss (soft-label BT), ``accuracy``/``auc``/``accuracy/<source>`` (over non-tied pairs, each in
+    its preferred orientation: a pair with p < 0.5 counts as won when d < 0), ``ece``/``brier``/
+    ``nll`` (against p: orientations (s, p) and (1 - s, 1 - p)) and adds ``tie_rate`` (share of
+    pairs with p = 0.5) and ``n_untied``. With every p = 1 all values equal those without ``pref``.
 
     ``chosen[i]`` / ``rejected[i]`` are the rewards of pair ``i``; ``d = chosen - rejected`` is the
     reward margin (not the ``margin`` argument, which is the BT target offset used by the loss).
@@ -371,29 +416,42 @@ def pairwise_metrics(
     d = c - r
     out: dict[str, float] = {"n_pairs": float(n)}
 
+    y = None if pref is None else _prefs(pref, n)
     per_pair = bt_loss_per_pair(
         c, r, beta=beta, margin=margin, label_smoothing=label_smoothing,
-        weight=1.0 if weight is None else weight, reward_l2=reward_l2,
+        weight=1.0 if weight is None else weight, reward_l2=reward_l2, pref=y,
     )
     out["loss"] = float(per_pair.sum() / n)
 
-    # a tie is a coin flip for the ranking, so it earns half a point
-    correct = (d > 0).astype(np.float64) + 0.5 * (d == 0)
-    out["accuracy"] = float(correct.sum() / n)
+    # ranking metrics see each labelled pair in its preferred orientation; tied pairs rank nothing
+    untied = np.ones(n, dtype=bool) if y is None else y != 0.5
+    od = d if y is None else np.where(y < 0.5, -d, d)
+    # a reward tie is a coin flip for the ranking, so it earns half a point
+    correct = (od > 0).astype(np.float64) + 0.5 * (od == 0)
+    n_untied = int(untied.sum())
+    out["accuracy"] = float(correct[untied].sum() / n_untied) if n_untied else float("nan")
+    if y is not None:
+        out["tie_rate"] = float((n - n_untied) / n)
+        out["n_untied"] = float(n_untied)
     out["margin_mean"] = float(d.mean())
     out["margin_std"] = float(d.std())
     for q, v in zip(_PERCENTILES, np.percentile(d, _PERCENTILES)):
         out[f"margin_p{q}"] = float(v)
     out["neg_margin_rate"] = float(np.count_nonzero(d < 0) / n)
 
-    out["auc"] = roc_auc(c, r)
+    if y is None:
+        out["auc"] = roc_auc(c, r)
+    else:
+        swap = y < 0.5
+        pos, neg = np.where(swap, r, c)[untied], np.where(swap, c, r)[untied]
+        out["auc"] = roc_auc(pos, neg) if n_untied else float("nan")
 
     z = beta * d
-    out.update(_calibration(z, n_bins))
+    out.update(_calibration(z, n_bins, pref=y))
     if temperature is not None:
         if not temperature > 0.0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        out.update(_calibration(z / temperature, n_bins, suffix="_calibrated"))
+        out.update(_calibration(z / temperature, n_bins, suffix="_calibrated", pref=y))
 
     for t in thresholds:
         tpr = float(np.count_nonzero(c > t) / n)
@@ -408,9 +466,10 @@ def pairwise_metrics(
         names, inv = np.unique(src, return_inverse=True)
         inv = inv.reshape(-1)  # numpy 2.x may return the input's shape
         counts = np.bincount(inv, minlength=names.size)
-        hits = np.bincount(inv, weights=correct, minlength=names.size)
-        for name, k, h in zip(names.tolist(), counts.tolist(), hits.tolist()):
-            out[f"accuracy/{name}"] = h / k
+        ranked = np.bincount(inv, weights=untied.astype(np.float64), minlength=names.size)
+        hits = np.bincount(inv, weights=correct * untied, minlength=names.size)
+        for name, k, u, h in zip(names.tolist(), counts.tolist(), ranked.tolist(), hits.tolist()):
+            out[f"accuracy/{name}"] = h / u if u else float("nan")
             out[f"n_pairs/{name}"] = float(k)
 
     rewards = np.concatenate([c, r])
@@ -426,4 +485,58 @@ def pairwise_metrics(
 
     out["reward_mean"] = float(rewards.mean())
     out["reward_std"] = float(rewards.std())
+    return out
+
+
+def objective_metrics(
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    prefs: np.ndarray,
+    objectives: Sequence[str],
+    *,
+    margin: np.ndarray | float = 0.0,
+    weight: np.ndarray | None = None,
+    sources: Sequence[str] | np.ndarray | None = None,
+    temperatures: Sequence[float] | None = None,
+    **kw,
+) -> dict[str, float]:
+    """Several objectives: ``pairwise_metrics`` per objective over the pairs labelled for it (keys
+    ``<objective>/<key>``), and over all labelled (pair, objective) entries together (plain keys, so
+    ``eval.metric`` names work unchanged; ``n_pairs`` there counts entries).
+
+    ``chosen``/``rejected``/``prefs`` are (N, K); ``prefs`` is NaN where a pair is unlabelled for an
+    objective. ``margin``/``weight``/``sources`` are per pair; ``temperatures`` one per objective
+    (the overall calibrated figures use each entry's own objective's temperature).
+    """
+    c, r, p = (np.asarray(x, dtype=np.float64) for x in (chosen, rejected, prefs))
+    n, k = c.shape
+    if r.shape != (n, k) or p.shape != (n, k) or len(objectives) != k:
+        raise ValueError(f"chosen {c.shape}, rejected {r.shape}, prefs {p.shape} and {len(objectives)} "
+                         f"objectives do not line up")
+    lab = ~np.isnan(p)
+    m = np.broadcast_to(np.asarray(margin, dtype=np.float64), (n,))
+    w = None if weight is None else np.broadcast_to(np.asarray(weight, dtype=np.float64), (n,))
+    src = None if sources is None else np.asarray(sources, dtype=object)
+    out: dict[str, float] = {}
+    for j, name in enumerate(objectives):
+        sel = lab[:, j]
+        if not sel.any():
+            out[f"{name}/n_pairs"] = 0.0
+            continue
+        t = None if temperatures is None else temperatures[j]
+        mj = pairwise_metrics(c[sel, j], r[sel, j], margin=m[sel], weight=None if w is None else w[sel],
+                              sources=None if src is None else src[sel], pref=p[sel, j], temperature=t, **kw)
+        out.update({f"{name}/{key}": v for key, v in mj.items()})
+    rows, cols = np.nonzero(lab)
+    scale = 1.0 if temperatures is None else np.asarray(temperatures, dtype=np.float64)[cols]
+    # the overall figures: every labelled entry once; a per-entry temperature is folded into beta * d / T
+    overall = pairwise_metrics(c[rows, cols] / scale, r[rows, cols] / scale, margin=m[rows] / scale,
+                               weight=None if w is None else w[rows], sources=None if src is None else src[rows],
+                               pref=p[rows, cols], **kw) if temperatures is not None else None
+    base = pairwise_metrics(c[rows, cols], r[rows, cols], margin=m[rows], weight=None if w is None else w[rows],
+                            sources=None if src is None else src[rows], pref=p[rows, cols], **kw)
+    out.update(base)
+    if overall is not None:
+        for key in ("ece", "brier", "nll"):
+            out[f"{key}_calibrated"] = overall[key]
     return out

@@ -17,13 +17,14 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from rm_ds.builtin import resolve_model
-from rm_ds.config import ModelConfig
+from rm_ds.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 
 
-def load_tokenizer(name_or_path: str):
-    return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """The tokenizer; code shipped with the model runs only with ``trust_remote_code`` (model.trust_remote_code)."""
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_path), trust_remote_code=trust_remote_code)
 
 
 def pools_last_token(model_or_config) -> bool:
@@ -43,14 +44,14 @@ def resolve_pad_token(tokenizer, cfg: ModelConfig, *, last_token_pooling: bool) 
     if cfg.pad_token is not None:
         pid = tokenizer.convert_tokens_to_ids(cfg.pad_token)
         if pid is None or pid == tokenizer.unk_token_id and cfg.pad_token != tokenizer.unk_token:
-            raise ValueError(f"model.pad_token: {cfg.pad_token!r} is not in the tokenizer's vocabulary")
+            raise ConfigError(f"model.pad_token: {cfg.pad_token!r} is not in the tokenizer's vocabulary")
         tokenizer.pad_token = cfg.pad_token
     elif tokenizer.pad_token_id is None:
         if tokenizer.unk_token_id is not None and tokenizer.unk_token_id != eos:
             log.warning("tokenizer has no pad token: using unk %r as pad", tokenizer.unk_token)
             tokenizer.pad_token = tokenizer.unk_token
         else:
-            raise ValueError("tokenizer has no pad token and no unk token distinct from eos: "
+            raise ConfigError("tokenizer has no pad token and no unk token distinct from eos: "
                              "set model.pad_token to a vocabulary token that differs from eos")
     pad = int(tokenizer.pad_token_id)
     if pad == eos and last_token_pooling:
@@ -58,7 +59,7 @@ def resolve_pad_token(tokenizer, cfg: ModelConfig, *, last_token_pooling: bool) 
                f"last non-pad token, so it would skip every response's final eos (and eos also occurs inside chat "
                f"templates). Set model.pad_token to a distinct token")
         if not cfg.allow_pad_eq_eos:
-            raise ValueError(msg + ", or model.allow_pad_eq_eos=true to accept pooling at the token before eos.")
+            raise ConfigError(msg + ", or model.allow_pad_eq_eos=true to accept pooling at the token before eos.")
         log.warning("%s; continuing because model.allow_pad_eq_eos=true.", msg)
     return pad
 
@@ -76,7 +77,12 @@ def pad_token_for(tokenizer, cfg: ModelConfig) -> int:
 
 def load_model_config(cfg: ModelConfig, *, pad_token_id: int):
     path = resolve_model(cfg.name_or_path)
-    mc = AutoConfig.from_pretrained(path, num_labels=1)
+    if cfg.objectives:  # one head output per objective, named in the saved config
+        mc = AutoConfig.from_pretrained(path, id2label=dict(enumerate(cfg.objectives)),
+                                        label2id={o: k for k, o in enumerate(cfg.objectives)},
+                                        trust_remote_code=cfg.trust_remote_code)
+    else:
+        mc = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=cfg.trust_remote_code)
     mc.pad_token_id = pad_token_id
     if cfg.dropout is not None:
         for key, value in list(mc.to_dict().items()):
@@ -94,7 +100,9 @@ def build_reward_model(cfg: ModelConfig, *, pad_token_id: int, lora=None):
     """
     mc = load_model_config(cfg, pad_token_id=pad_token_id)
     model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(cfg.name_or_path), config=mc, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+        resolve_model(cfg.name_or_path), config=mc, dtype=torch.float32, attn_implementation=cfg.attn_implementation,
+        ignore_mismatched_sizes=bool(cfg.objectives),
+        trust_remote_code=cfg.trust_remote_code)  # a K-output head replaces a saved 1-output one
     model.config.use_cache = False
     if cfg.activation_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
@@ -104,7 +112,8 @@ def build_reward_model(cfg: ModelConfig, *, pad_token_id: int, lora=None):
 
 
 def rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward a collated batch; returns (chosen, rejected) rewards, each (B,), in fp32.
+    """Forward a collated batch; returns (chosen, rejected) rewards, each (B,) in fp32 ((B, K) for a
+    head with K > 1 outputs: one reward per objective).
 
     ``model`` may be the DeepSpeed engine (the forward goes through it, so ZeRO-3's hooks run).
     Padded batches (``collate_pairs``: rows 0..B-1 chosen, B..2B-1 rejected) use the head's own
@@ -114,7 +123,8 @@ def rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if batch.get("layout", "padded") == "padded":
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        r = out.logits.squeeze(-1).float()
+        r = out.logits.float()
+        r = r.squeeze(-1) if r.shape[-1] == 1 else r
         b = r.shape[0] // 2
         return r[:b], r[b:]
     return _rewards_at_positions(model, batch)
@@ -124,7 +134,7 @@ def require_last_token_pooling(model_or_config) -> None:
     """Refuse shared/packed layouts for models that do not score the last token (encoders pool [CLS])."""
     cfg = getattr(model_or_config, "config", model_or_config)
     if not pools_last_token(cfg):
-        raise ValueError(f"data.prefix_sharing / data.packing need a decoder reward model that scores each sequence's "
+        raise ConfigError(f"data.prefix_sharing / data.packing need a decoder reward model that scores each sequence's "
                          f"last token (a 'score' head); {getattr(cfg, 'model_type', '?')!r} pools its first ([CLS]) "
                          f"token, which a shared or packed row does not have per response. Turn both off for it")
 
@@ -137,7 +147,7 @@ def reward_head(model) -> torch.nn.Module:
     for name, module in root.named_modules():
         if name.rsplit(".", 1)[-1] in HEAD_NAMES:
             return module
-    raise ValueError(f"data.prefix_sharing / data.packing read rewards from the reward head's per-position "
+    raise ConfigError(f"data.prefix_sharing / data.packing read rewards from the reward head's per-position "
                      f"output; {type(root).__name__} has no module named {' or '.join(HEAD_NAMES)}")
 
 
@@ -154,7 +164,10 @@ def _rewards_at_positions(model, batch: dict) -> tuple[torch.Tensor, torch.Tenso
         model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False)
     finally:
         hook.remove()
-    per_token = captured[-1].reshape(-1).float()  # (rows * T,): the head's output at every position
+    out = captured[-1]
+    per_token = out.reshape(-1, out.shape[-1]).float()  # (rows * T, K): the head's output at every position
+    if per_token.shape[1] == 1:
+        per_token = per_token[:, 0]
     return per_token[batch["chosen_index"]], per_token[batch["rejected_index"]]
 
 
@@ -187,7 +200,7 @@ def lora_targets(lora, model_type: str) -> list[str]:
     if lora.target_modules:
         return list(lora.target_modules)
     if model_type not in LORA_TARGETS:
-        raise ValueError(f"lora.target_modules: no default for model type {model_type!r}; list the module names "
+        raise ConfigError(f"lora.target_modules: no default for model type {model_type!r}; list the module names "
                          f"to adapt (defaults exist for {', '.join(sorted(LORA_TARGETS))})")
     return list(LORA_TARGETS[model_type])
 

@@ -44,7 +44,7 @@ The same two pairs packed into one row (no padding, positions restart per pair):
 Packing without sharing lays out ``[P|C][P|R]`` per pair. Every batch carries ``layout``
 (``"rows"``: one row per pair, ``"packed"``: several pairs per row), ``input_ids``, ``position_ids``
 (R, T), a bool ``attention_mask`` (R, 1, T, T), ``chosen_index``/``rejected_index`` (B,) into the
-flattened (R*T) per-token outputs, the per-pair ``margin``/``weight``/``pair_mask``, and the counts
+flattened (R*T) per-token outputs, the per-pair ``margin``/``weight``/``pref``/``pair_mask``, and the counts
 ``n_pairs``, ``real_tokens`` (non-pad tokens computed), ``computed_tokens`` (R*T) and
 ``unshared_tokens`` (what the padded layout would compute as real tokens: ``2P + C + R`` per pair).
 ``rm_ds.model.rewards`` turns the bool mask into the form the attention implementation needs
@@ -61,6 +61,20 @@ import torch
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
 MASK_IMPLEMENTATIONS = ("sdpa", "eager")
 """Attention implementations that take the 4-D block mask (bool for sdpa, additive for eager)."""
+
+
+def objective_columns(rows: Sequence[dict]) -> dict:
+    """Several objectives: ``prefs`` (B, K) with 0 where unlabelled, ``labelled`` (B, K) 0/1 and
+    ``n_terms`` (labelled entries: the loss's count); {} for single-objective rows or a filler batch.
+
+    >>> objective_columns([{"prefs": [1.0, float("nan")]}, {"prefs": [0.5, 0.0]}])["labelled"].tolist()
+    [[1.0, 0.0], [1.0, 1.0]]
+    """
+    if not rows or "prefs" not in rows[0]:
+        return {}
+    prefs = torch.tensor([r["prefs"] for r in rows], dtype=torch.float32)
+    labelled = ~torch.isnan(prefs)
+    return {"prefs": torch.nan_to_num(prefs, nan=0.0), "labelled": labelled.float(), "n_terms": int(labelled.sum())}
 
 
 def pair_lengths(ds, *, prefix_sharing: bool, packing: bool) -> np.ndarray:
@@ -220,6 +234,8 @@ def collate_layout(rows: Sequence[dict], *, prefix_sharing: bool, packing: bool,
         "rejected_index": torch.tensor(score["rejected"], dtype=torch.long),
         "margin": torch.tensor([float(r.get("margin", 0.0)) for r in rows]),
         "weight": torch.tensor([float(r.get("weight", 1.0)) for r in rows]),
+        "pref": torch.tensor([float(r.get("pref", 1.0)) for r in rows]),
+        **(objective_columns(rows) if real else {}),
         "pair_mask": pair_mask,
         "n_pairs": int(pair_mask.sum().item()),
         "real_tokens": sum(sizes) if real else 0,

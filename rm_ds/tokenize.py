@@ -17,6 +17,9 @@ Rules:
 - The score token is always the response's last token, eos.
 - Over ``max_length``: the prompt is cut from the left first (keeping a leading BOS/CLS token);
   only when the response alone is too long is it cut (keeping eos last) or the pair dropped.
+- A pair whose chosen and rejected ids end up identical (cut to a shared beginning, or texts that
+  differ only in what the tokenizer normalises away) teaches nothing: it is dropped and counted as
+  ``dropped_identical``.
 - Results are cached by ``datasets.map`` (its fingerprint covers the tokenizer and options).
 """
 
@@ -49,7 +52,8 @@ class TokenizeReport:
     n_pairs: int = 0
     n_kept: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-    """status -> count: ok, prompt_truncated, response_truncated, dropped_overlong, dropped_template."""
+    """status -> count: ok, prompt_truncated, response_truncated, dropped_overlong, dropped_template,
+    dropped_identical."""
 
     def summary(self) -> str:
         parts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
@@ -131,7 +135,7 @@ def fit_to_length(p_ids: list[int], c_ids: list[int], r_ids: list[int], *, max_l
     return p_keep, cut(c_ids), cut(r_ids), "response_truncated"
 
 
-TOKENIZE_VERSION = "1"
+TOKENIZE_VERSION = "2"
 """Bump when the tokenisation rules change: it is part of every cache key."""
 
 
@@ -188,6 +192,8 @@ def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1, c
             else:
                 p_ids, c_ids, r_ids, status = fit_to_length(*enc, max_length=opts.max_length,
                                                             overlong=opts.overlong, lead=lead, eos=eos)
+                if c_ids == r_ids and not status.startswith("dropped"):
+                    status = "dropped_identical"
             out["prompt_ids"].append(p_ids)
             out["chosen_ids"].append(c_ids)
             out["rejected_ids"].append(r_ids)

@@ -10,6 +10,7 @@ shut down. All rank logic is in ``rm_ds.dist``; every rank runs the same code.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -23,19 +24,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rm_ds import checkpoint, dist
+from rm_ds import checkpoint, dist, faults
 from rm_ds.builtin import rm_ds_home
 from rm_ds.checkpoint_files import eval_subdir
 from rm_ds.collate import make_collate
-from rm_ds.config import Config, build_ds_config, save_config
-from rm_ds.dataset import PreparedData, build_sampler, cache_dir_for, dataset_hash, prepare_data, rows_at
+from rm_ds.config import (
+    Config,
+    ConfigError,
+    build_ds_config,
+    check_train_plan,
+    config_to_dict,
+    eval_token_budget,
+    save_config,
+)
+from rm_ds.dataset import (
+    PreparedData,
+    build_sampler,
+    cache_dir_for,
+    dataset_hash,
+    prepare_data,
+    rows_at,
+)
 from rm_ds.engine import build_engine, model_build_context, train_step
 from rm_ds.eval_metrics import EvalScores, compute_metrics
 from rm_ds.evaluate import gather_scores
 from rm_ds.loss import LossFn, make_loss_fn
 from rm_ds.metrics import both_orientations, fit_temperature
-from rm_ds.model import (build_reward_model, head_name, load_tokenizer, pad_token_for, param_counts,
-                          require_last_token_pooling)
+from rm_ds.model import (
+    build_reward_model,
+    head_name,
+    load_tokenizer,
+    pad_token_for,
+    param_counts,
+    require_last_token_pooling,
+)
 from rm_ds.run_state import RunState
 from rm_ds.selection import EarlyStopping
 from rm_ds.tokenize import eos_id
@@ -84,9 +106,22 @@ def evaluate(tr: Run, step: int) -> tuple[EvalScores, dict[str, float]]:
     """Score every eval pair once over all ranks; the metrics (fitted temperature included)."""
     cfg, ds = tr.cfg, tr.data.eval
     scores = gather_scores(tr.engine, ds, rank=tr.info.rank, world_size=tr.info.world_size, collate=tr.collate,
-                           token_budget=cfg.eval.token_budget or cfg.train.token_budget,
+                           token_budget=eval_token_budget(cfg),
                            prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
-    temperature = fit_temperature(scores.chosen - scores.rejected, beta=cfg.loss.beta)
+    objectives = cfg.model.objectives
+    if objectives:  # one temperature per objective over its labelled pairs, and one over all labelled entries
+        prefs = np.asarray(list(ds["prefs"]), dtype=np.float64)[scores.index]
+        d, lab = scores.chosen - scores.rejected, ~np.isnan(prefs)
+        temps = [fit_temperature(d[lab[:, j], j], beta=cfg.loss.beta, pref=prefs[lab[:, j], j]) if lab[:, j].any()
+                 else 1.0 for j in range(len(objectives))]
+        temperature = fit_temperature(d[lab], beta=cfg.loss.beta, pref=prefs[lab])
+        metrics = compute_metrics(scores, ds, loss=cfg.loss, n_bins=cfg.eval.ece_bins,
+                                  thresholds=cfg.eval.thresholds, objectives=objectives, temperatures=temps)
+        metrics.update({f"{o}/temperature": t for o, t in zip(objectives, temps)})
+        metrics["temperature"] = temperature
+        return scores, metrics
+    pref = np.asarray(ds["pref"], dtype=np.float64)[scores.index] if "pref" in ds.column_names else None
+    temperature = fit_temperature(scores.chosen - scores.rejected, beta=cfg.loss.beta, pref=pref)
     metrics = compute_metrics(scores, ds, loss=cfg.loss, n_bins=cfg.eval.ece_bins, thresholds=cfg.eval.thresholds,
                               temperature=temperature)
     metrics["temperature"] = temperature
@@ -99,7 +134,10 @@ def calibration_record(tr: Run, step: int, metrics: dict[str, float]) -> dict:
     return {"temperature": metrics["temperature"], "reward_mean": metrics["reward_mean"],
             "reward_std": metrics["reward_std"], "beta": cfg.loss.beta, "ece_before": metrics["ece"],
             "ece_after": metrics.get("ece_calibrated"), "eval_set_sha256": tr.eval_hash,
-            "eval_pairs": int(metrics["n_pairs"]), "eval_path": cfg.data.eval_path, "step": step}
+            "eval_pairs": int(metrics["n_pairs"]), "eval_path": cfg.data.eval_path, "step": step,
+            **({"objectives": {o: {k: metrics.get(f"{o}/{k}") for k in ("temperature", "reward_mean", "reward_std",
+                                                                          "ece", "ece_calibrated", "n_pairs")}
+                               for o in cfg.model.objectives}} if cfg.model.objectives else {})}
 
 
 def evaluate_and_log(tr: Run, step: int) -> dict[str, float]:
@@ -129,23 +167,29 @@ def save_eval_artifacts(logger: RunLogger, step: int, scores, ds, metrics: dict,
     sub = eval_subdir(step)
     ids = list(ds["pair_id"])
     sources = list(ds["source"]) if "source" in ds.column_names else [""] * len(ids)
+    where = {c: list(ds[c]) for c in ("file", "row", "pref") if c in ds.column_names}  # provenance of each pair
     logger.write_json(f"{sub}/reward_distributions.json", {
         "step": step, "pair_id": [ids[i] for i in scores.index], "source": [sources[i] for i in scores.index],
+        **{c: [v[i] for i in scores.index] for c, v in where.items()},
         "chosen": scores.chosen.tolist(), "rejected": scores.rejected.tolist()})
     logger.write_json(f"{sub}/calibration.json", calibration)
     logger.write_json(f"{sub}/metrics.json", metrics)
-    margins = scores.chosen - scores.rejected
+    chosen, rejected = scores.chosen, scores.rejected
+    if chosen.ndim == 2:  # several objectives: the plots show every labelled (pair, objective) entry
+        lab = ~np.isnan(np.asarray(list(ds["prefs"]), dtype=np.float64)[scores.index])
+        chosen, rejected = chosen[lab], rejected[lab]
+    margins = chosen - rejected
     t = calibration["temperature"]
     both_p, labels = both_orientations(beta * margins)
     both_pt, _ = both_orientations(beta * margins / t)
-    logger.image("eval/reward_histogram", reward_histogram_png(scores.chosen, scores.rejected,
+    logger.image("eval/reward_histogram", reward_histogram_png(chosen, rejected,
                                                                title=f"rewards at step {step}"),
                  step, filename=f"{sub}/reward_histogram.png")
     logger.image("eval/reliability", reliability_diagram_png(
         reliability_bins(both_p, labels, n_bins=n_bins), reliability_bins(both_pt, labels, n_bins=n_bins),
         title=f"reliability at step {step} (T={t:.3g})"), step, filename=f"{sub}/reliability.png")
-    logger.histogram("eval/chosen_reward", scores.chosen, step)
-    logger.histogram("eval/rejected_reward", scores.rejected, step)
+    logger.histogram("eval/chosen_reward", chosen, step)
+    logger.histogram("eval/rejected_reward", rejected, step)
 
 
 # ------------------------------------------------------------------------------------- set-up
@@ -159,17 +203,21 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
     if info.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     pad_id = pad_token_for(tokenizer, cfg.model)
     home = rm_ds_home()
     with dist.main_rank_first(info):  # rank 0 of each node fills the tokenised cache; the others read it
         data = prepare_data(cfg.data, tokenizer, cache_dir=cache_dir_for(cfg.data, home=home),
-                            builtin_dir=home / "data", training=training)
+                            builtin_dir=home / "data", training=training, objectives=cfg.model.objectives)
     for n in data.notes:
         log.info(n)
+    if info.is_main:  # the formats load_pairs chose (data.format=auto) and every count, kept with the run
+        (run_dir / "data.json").write_text(json.dumps(data.reports, indent=1, default=str))
 
     # every rank computes the same plan and takes its part
     t = cfg.train
+    if training:
+        check_train_plan(cfg, n_train_pairs=len(data.train))
     layout = dict(prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
     sampler = None if not training else build_sampler(data.train, t, **layout, world_size=info.world_size,
                                                       rank=info.rank)
@@ -203,7 +251,7 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
     found = checkpoint.find_resume(cfg.resume, cfg.logging.run_dir) if training else None
     if found is not None:
         checkpoint.restore(engine, tr.state, *found, rank=info.rank, world_size=info.world_size,
-                           cfg_hash=checkpoint.config_hash(cfg))
+                           cfg_hash=checkpoint.config_hash(cfg), cfg=cfg)
     return tr
 
 
@@ -211,7 +259,7 @@ def save_checkpoint(tr: Run) -> None:
     """Checkpoint the engine and the run state at the current step."""
     checkpoint.save(tr.engine, tr.state, run_dir=tr.cfg.logging.run_dir, rank=tr.info.rank,
                     world_size=tr.info.world_size, cfg_hash=checkpoint.config_hash(tr.cfg),
-                    keep_last=tr.cfg.train.keep_checkpoints)
+                    keep_last=tr.cfg.train.keep_checkpoints, config=config_to_dict(tr.cfg))
     tr.state.last_save = tr.state.step
 
 
@@ -246,6 +294,7 @@ def evaluate_and_checkpoint_on_schedule(tr: Run) -> bool:
             log.info("early stopping at step %d: eval %s has not improved for %d evals", st.step,
                      cfg.eval.metric, st.stopper.bad_evals)
             stop = True
+            st.stopped_early = True  # saved with the final checkpoint: a relaunch does not train on
     new_best = st.last_eval is not None and st.last_eval[0] == st.step == st.stopper.best_step
     periodic = t.save_every_steps and st.step % t.save_every_steps == 0
     if (periodic or (new_best and t.export)) and st.step < tr.total_steps and not stop:
@@ -272,6 +321,13 @@ def train_loop(tr: Run, *, on_step=None) -> dict[str, float]:
             stats = train_step(tr.engine, batches, loss_fn=tr.loss_fn, world_size=info.world_size)
             dt = time.perf_counter() - t0
             st.step += 1
+            if not faults.step_is_finite(stats.loss, stats.grad_norm):  # the same verdict on every rank
+                ids = tr.data.train["pair_id"]
+                found = checkpoint.find_resume("auto", cfg.logging.run_dir)
+                raise faults.diagnose(step=st.step, loss=stats.loss, grad_norm=stats.grad_norm, rank=info.rank,
+                                      local_micro=stats.nonfinite_micro,
+                                      micro_pair_ids=[[ids[int(i)] for i in mb] for mb in micro_idx],
+                                      last_good=None if found is None else found[0] / found[1])
             totals["pairs"] += stats.n_pairs
             totals["real"] += stats.real_tokens
             totals["computed"] += stats.computed_tokens
@@ -304,9 +360,10 @@ def train_loop(tr: Run, *, on_step=None) -> dict[str, float]:
             "total_params": tr.total_params}
 
 
-def start() -> dist.DistInfo:
-    """Join the ranks and log INFO on rank 0 (WARNING on the others), each line tagged with its rank."""
-    info = dist.init()
+def start(cfg: Config) -> dist.DistInfo:
+    """Join the ranks (``cfg.dist`` timeouts) and log INFO on rank 0 (WARNING on the others), each line
+    tagged with its rank."""
+    info = dist.init(timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
     return info
@@ -314,9 +371,18 @@ def start() -> dist.DistInfo:
 
 def run(cfg: Config) -> dict[str, float]:
     """Train, evaluate at the end (unless the last step was just evaluated), print the summary."""
-    info = start()
+    info = start(cfg)
     tr = setup(cfg, info)
     st = tr.state
+    if st.stopped_early:  # a relaunch of a run that early stopping ended: nothing left to do
+        if info.is_main:
+            print(f"rm-ds: {cfg.logging.run_dir} stopped early at step {st.step} (eval {cfg.eval.metric} did not "
+                  f"improve for {st.stopper.bad_evals} evals; best step {st.stopper.best_step}, "
+                  f"{st.stopper.best_value}); not training on. Start a new run directory to train further.",
+                  flush=True)
+        tr.logger.close()
+        dist.barrier()
+        return {"steps": st.step, "stopped_early": 1.0}
     summary = train_loop(tr)
     eval_metrics: dict[str, float] = {}
     if tr.data.eval is not None:
@@ -329,7 +395,7 @@ def run(cfg: Config) -> dict[str, float]:
         export_run(cfg.logging.run_dir, step="final")
         if st.stopper.best_step is not None:
             export_run(cfg.logging.run_dir, step="best")
-    dist.barrier()
+    dist.wait_for_all()  # rank 0 exported alone: a long wait, not dist.timeout_s
     if info.is_main:
         print(format_summary(summary, eval_metrics), flush=True)
         if eval_metrics:
@@ -345,9 +411,9 @@ def run(cfg: Config) -> dict[str, float]:
 
 def run_eval(cfg: Config) -> dict[str, float]:
     """``rm-ds eval``: score ``data.eval_path`` with ``model.name_or_path`` on any number of ranks."""
-    info = start()
+    info = start(cfg)
     if not cfg.data.eval_path:
-        raise ValueError("data.eval_path: rm-ds eval needs an eval dataset")
+        raise ConfigError("data.eval_path: rm-ds eval needs an eval dataset")
     tr = setup(cfg, info, training=False)
     metrics = evaluate_and_log(tr, 0)
     if info.is_main:

@@ -30,7 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(worker, args, rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _entry(worker, args, rank: int, world_size: int, port: int, out_dir: str, init: dict) -> None:
     os.environ.update(ENV)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
                        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
@@ -40,7 +40,7 @@ def _entry(worker, args, rank: int, world_size: int, port: int, out_dir: str) ->
     try:
         from rm_ds import dist
 
-        dist.init()
+        dist.init(**init)
         result = ("ok", worker(*args))
     except BaseException:
         code = 1
@@ -53,14 +53,17 @@ def _entry(worker, args, rank: int, world_size: int, port: int, out_dir: str) ->
     dist.shutdown(code)
 
 
-def run_distributed(worker, *, world_size: int, args: tuple = (), timeout: float = 300.0) -> list:
-    """Run ``worker(*args)`` on ``world_size`` ranks; return the per-rank results in rank order."""
+def run_distributed(worker, *, world_size: int, args: tuple = (), timeout: float = 300.0,
+                    init: dict | None = None) -> list:
+    """Run ``worker(*args)`` on ``world_size`` ranks; return the per-rank results in rank order.
+
+    ``init``: keyword arguments for ``rm_ds.dist.init`` (e.g. ``{"timeout_s": 2}``)."""
     import torch
 
     ctx = mp.get_context("spawn")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="rm_ds_dist_") as out_dir:
-        procs = [ctx.Process(target=_entry, args=(worker, args, r, world_size, port, out_dir))
+        procs = [ctx.Process(target=_entry, args=(worker, args, r, world_size, port, out_dir, init or {}))
                  for r in range(world_size)]
         for p in procs:
             p.start()
@@ -131,4 +134,5 @@ def load_split(cfg, tokenizer, path: str, *, split: str, max_pairs: int | None):
 
     home = rm_ds_home()
     return _load_split(cfg.data, tokenizer, path, split=split, max_pairs=max_pairs,
-                       cache_dir=cache_dir_for(cfg.data, home=home), builtin_dir=home / "data")
+                       cache_dir=cache_dir_for(cfg.data, home=home), builtin_dir=home / "data",
+                       objectives=cfg.model.objectives)

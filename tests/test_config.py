@@ -95,3 +95,40 @@ def test_ds_json_with_a_hand_set_batch_field_is_refused(tmp_path):
     p.write_text(json.dumps({"zero_optimization": {"stage": "auto"}}))
     with pytest.raises(ConfigError, match='unresolved "auto" at zero_optimization.stage'):
         build_ds_config(load_config(None, [f"deepspeed.config={p}"]), world_size=2, max_micro_steps=1)
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    # the eval budget defaults to train.token_budget even when fixed micro-batching ignores it for training
+    (["train.micro_batching=fixed", "data.max_length=8192"],
+     "eval.token_budget: the eval budget 4096 (eval.token_budget is unset, so it is train.token_budget = 4096"),
+    (["train.micro_batching=fixed", "data.max_length=8192"], "train.pairs_per_micro x 8192 = 65536"),
+    # prefix-shared rows hold both responses: the eval budget must hold 2 x max_length
+    (["train.micro_batching=fixed", "data.prefix_sharing=true", "data.max_length=512", "train.token_budget=1000"],
+     "eval.token_budget: the eval budget 1000"),
+    (["data.packing=true", "data.max_length=512", "train.token_budget=2048", "eval.token_budget=1000"],
+     "up to 2 x data.max_length = 1024 tokens"),
+    (["data.packing=true", "data.max_length=512", "train.token_budget=1000"], "train.token_budget: 1000 is too small"),
+    (["eval.token_budget=0"], "eval.token_budget: the eval budget 0 is too small"),
+])
+def test_every_budget_is_checked_at_load(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value)
+
+
+def test_budgets_that_fit_load():
+    load_config(None, ["train.micro_batching=fixed", "data.max_length=8192", "data.eval_path=null"])
+    load_config(None, ["train.micro_batching=fixed", "data.max_length=8192", "eval.token_budget=65536"])
+    load_config(None, ["data.prefix_sharing=true", "data.max_length=512", "train.token_budget=1024"])
+
+
+def test_drop_last_with_fewer_pairs_than_a_global_batch_names_the_keys():
+    from rm_ds.config import check_train_plan
+
+    cfg = load_config(None, ["train.drop_last=true", "train.global_batch_pairs=32", "data.max_train_pairs=5"])
+    check_train_plan(cfg, n_train_pairs=32)
+    with pytest.raises(ConfigError) as e:
+        check_train_plan(cfg, n_train_pairs=5)
+    msg = str(e.value)
+    assert msg.startswith("train.drop_last: ") and "train.global_batch_pairs=32" in msg and "5 training pairs" in msg
+    check_train_plan(load_config(None, ["train.global_batch_pairs=32"]), n_train_pairs=5)  # drop_last=false keeps them

@@ -162,8 +162,9 @@ def test_sigkill_and_resume_is_exact(tmp_path):
     second = launch([*common, f"logging.run_dir={run_dir}", "resume=auto"], env={"RM_DS_FAULT": "in_save:4"})
     assert second.returncode != 0
     assert "resumed from" in second.stdout + second.stderr
-    assert (run_dir / "checkpoints" / "step_00000004").is_dir()  # shards written ...
-    assert not (run_dir / "checkpoints" / "step_00000004" / "COMPLETE").exists()  # ... but never completed
+    assert (run_dir / "checkpoints" / ".partial-step_00000004").is_dir()  # shards written ...
+    assert not (run_dir / "checkpoints" / ".partial-step_00000004" / "COMPLETE").exists()  # ... never completed
+    assert not (run_dir / "checkpoints" / "step_00000004").exists()
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000002"
 
     third = launch([*common, f"logging.run_dir={run_dir}", "resume=auto"])

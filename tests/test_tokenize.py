@@ -109,3 +109,16 @@ def test_token_columns_match_what_tokenize_pairs_writes():
     assert cols["chosen_len"] == [5, 1] and cols["rejected_len"] == [7, 1] and cols["pair_len"] == [7, 1]
     assert cols["prompt_ids"] == [[1, 2, 3], []]
     assert length_columns([1], [2, 3], [4]) == {"chosen_len": 3, "rejected_len": 2, "pair_len": 3}
+
+
+def test_pairs_identical_after_truncation_are_dropped_and_counted(minilm):
+    """Responses that share their first 20 words and differ after: at max_length 16 both are cut to the
+    same tokens, so the pair carries no preference and must go (the other pair stays); BERT lowercases,
+    so "Dog" / "dog" are identical token for token even before truncation."""
+    shared = " ".join(["word"] * 20)
+    ds, rep = tokenize_pairs(text_ds(("q", shared + " good", shared + " bad"), ("q", "a cat", "a rock"),
+                                     ("q", "Dog", "dog")), minilm,
+                             TokenizeOptions(max_length=16, overlong="truncate"))
+    assert list(ds["pair_id"]) == ["1"]
+    assert rep.counts == {"dropped_identical": 2, "ok": 1} and rep.n_kept == 1 and rep.n_pairs == 3
+    assert "dropped_identical=2" in rep.summary()
