@@ -25,16 +25,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from rm_ds.packing import collate_layout, objective_columns
+from rm_ds.packing import collate_layout, filler_rows, pair_columns
 
 
 def collate_pairs(rows: Sequence[dict], *, pad_id: int, eos_id: int) -> dict:
-    """Pack pairs into ``input_ids``/``attention_mask`` of shape (2B, T) plus per-pair tensors (B,)."""
-    if not rows:
-        rows = [dict(prompt_ids=[], chosen_ids=[eos_id], rejected_ids=[eos_id], margin=0.0, weight=0.0)]
-        pair_mask = torch.zeros(1)
-    else:
-        pair_mask = torch.ones(len(rows))
+    """Pack pairs into ``input_ids``/``attention_mask`` of shape (2B, T) plus per-pair tensors (B,);
+    ``layout`` is ``"padded"`` (``rm_ds.packing`` batches say ``"rows"`` or ``"packed"``)."""
+    real = bool(rows)
+    rows = rows if real else filler_rows(eos_id)
     seqs = [r["prompt_ids"] + r["chosen_ids"] for r in rows] + [r["prompt_ids"] + r["rejected_ids"] for r in rows]
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -43,15 +41,11 @@ def collate_pairs(rows: Sequence[dict], *, pad_id: int, eos_id: int) -> dict:
         input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         attention_mask[i, : len(s)] = 1
     return {
+        "layout": "padded",
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "margin": torch.tensor([float(r.get("margin", 0.0)) for r in rows]),
-        "weight": torch.tensor([float(r.get("weight", 1.0)) for r in rows]),
-        "pref": torch.tensor([float(r.get("pref", 1.0)) for r in rows]),
-        **(objective_columns(rows) if pair_mask.sum() else {}),
-        "pair_mask": pair_mask,
-        "n_pairs": int(pair_mask.sum().item()),
-        "real_tokens": int(attention_mask.sum().item()) if len(pair_mask) and pair_mask[0] else 0,
+        **pair_columns(rows, real=real),
+        "real_tokens": int(attention_mask.sum().item()) if real else 0,
         "computed_tokens": int(input_ids.numel()),
     }
 

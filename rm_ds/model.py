@@ -121,7 +121,7 @@ def rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     positions of the score tokens: the reward head's per-position output is captured by a forward
     hook and read there.
     """
-    if batch.get("layout", "padded") == "padded":
+    if batch["layout"] == "padded":
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         r = out.logits.float()
         r = r.squeeze(-1) if r.shape[-1] == 1 else r

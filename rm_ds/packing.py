@@ -77,6 +77,26 @@ def objective_columns(rows: Sequence[dict]) -> dict:
     return {"prefs": torch.nan_to_num(prefs, nan=0.0), "labelled": labelled.float(), "n_terms": int(labelled.sum())}
 
 
+def filler_rows(eos_id: int) -> list[dict]:
+    """What an empty micro-batch (a filler) is collated from, in every layout: one dummy pair ``[eos]``
+    vs ``[eos]`` with zero weight; its batch has ``pair_mask = 0`` (see ``pair_columns``)."""
+    return [dict(prompt_ids=[], chosen_ids=[eos_id], rejected_ids=[eos_id], margin=0.0, weight=0.0)]
+
+
+def pair_columns(rows: Sequence[dict], *, real: bool) -> dict:
+    """The per-pair part of a batch in every layout: ``margin``, ``weight``, ``pref`` (B,), the objective
+    columns, ``pair_mask`` (1 per pair; 0 for a filler, ``real=False``) and ``n_pairs``."""
+    pair_mask = torch.full((len(rows),), 1.0 if real else 0.0)
+    return {
+        "margin": torch.tensor([float(r.get("margin", 0.0)) for r in rows]),
+        "weight": torch.tensor([float(r.get("weight", 1.0)) for r in rows]),
+        "pref": torch.tensor([float(r.get("pref", 1.0)) for r in rows]),
+        **(objective_columns(rows) if real else {}),
+        "pair_mask": pair_mask,
+        "n_pairs": int(pair_mask.sum().item()),
+    }
+
+
 def pair_lengths(ds, *, prefix_sharing: bool, packing: bool) -> np.ndarray:
     """Per-pair sampler cost for a tokenized dataset (``rm_ds.tokenize`` columns).
 
@@ -194,8 +214,7 @@ def collate_layout(rows: Sequence[dict], *, prefix_sharing: bool, packing: bool,
     if not prefix_sharing and not packing:
         raise ValueError("the padded layout is rm_ds.collate.collate_pairs")
     real = bool(rows)
-    if not rows:  # filler micro-batch: one dummy pair with zero weight (see rm_ds.collate)
-        rows = [dict(prompt_ids=[], chosen_ids=[eos_id], rejected_ids=[eos_id], margin=0.0, weight=0.0)]
+    rows = rows if real else filler_rows(eos_id)
     pairs = [_segments(r, prefix_sharing=prefix_sharing) for r in rows]
     sizes = [sum(len(s[0]) for s in segs) for segs in pairs]
     if not packing:
@@ -224,7 +243,6 @@ def collate_layout(rows: Sequence[dict], *, prefix_sharing: bool, packing: bool,
     input_ids = torch.tensor(ids, dtype=torch.long)
     p_lens = [len(r["prompt_ids"]) for r in rows]
     unshared = sum(2 * p + len(r["chosen_ids"]) + len(r["rejected_ids"]) for p, r in zip(p_lens, rows))
-    pair_mask = torch.full((len(rows),), 1.0 if real else 0.0)
     return {
         "layout": "packed" if packing else "rows",
         "input_ids": input_ids,
@@ -232,12 +250,7 @@ def collate_layout(rows: Sequence[dict], *, prefix_sharing: bool, packing: bool,
         "attention_mask": block_mask(torch.tensor(seg, dtype=torch.long), torch.tensor(part, dtype=torch.long)),
         "chosen_index": torch.tensor(score["chosen"], dtype=torch.long),
         "rejected_index": torch.tensor(score["rejected"], dtype=torch.long),
-        "margin": torch.tensor([float(r.get("margin", 0.0)) for r in rows]),
-        "weight": torch.tensor([float(r.get("weight", 1.0)) for r in rows]),
-        "pref": torch.tensor([float(r.get("pref", 1.0)) for r in rows]),
-        **(objective_columns(rows) if real else {}),
-        "pair_mask": pair_mask,
-        "n_pairs": int(pair_mask.sum().item()),
+        **pair_columns(rows, real=real),
         "real_tokens": sum(sizes) if real else 0,
         "computed_tokens": int(input_ids.numel()),
         "unshared_tokens": unshared if real else 0,
