@@ -61,11 +61,11 @@ def test_env_sh_keeps_user_values_but_not_for_fixed_ones(tmp_path):
 
 def test_no_copies_of_the_list():
     """The harness runs ranks with exactly that environment, and no launch script, benchmark or test
-    helper spells the variables out again (launch/setup.sh is the lead's, outside this rule)."""
+    helper spells the variables out again."""
     assert ENV == RUNTIME == {**DEFAULTS, **FIXED, **CPU_DEFAULTS}
     copies = []
     for path in [*REPO.glob("launch/*.sh"), *REPO.glob("slurm/*"), *REPO.glob("bench/*.py"), REPO / "tests/harness.py"]:
-        if path.name in ("env.sh", "setup.sh"):
+        if path.name == "env.sh":
             continue
         text = path.read_text()
         copies += [f"{path.relative_to(REPO)}: {name}" for name in RUNTIME if re.search(rf"\b{name}\b", text)
