@@ -17,7 +17,7 @@ from rm_ds.runtime_env import CPU_DEFAULTS, DEFAULTS, FIXED, FORWARD, RUNTIME, S
 from tests.harness import ENV
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = os.environ.get("RM_DS_VENV") or str(Path(sys.executable).resolve().parents[1])
+VENV = os.environ.get("RM_DS_VENV") or sys.prefix  # the venv running the tests (not its resolved base python)
 
 
 def source_env_sh(tmp_path: Path, preset: dict[str, str], *, gpu: bool) -> dict[str, str]:
