@@ -16,6 +16,7 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -219,6 +220,27 @@ def test_score_sharded_over_ranks(runs, tmp_path):
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [g["id"] for g in got] == ids
     np.testing.assert_allclose([g["reward_chosen"] for g in got], [want[i][0] for i in ids], atol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI (mpirun) is not installed")
+def test_score_under_mpirun(runs, tmp_path):
+    """`rm-ds score --mpi` under real mpirun with 2 ranks: every row once, in order, = one-process scores."""
+    root, dirs = runs
+    folder = str(dirs["llama"] / "export" / "final")
+    want = trainer_scores(dirs["llama"])
+    ids = [json.loads(line)["id"] for line in (root / "pairs.jsonl").read_text().splitlines()]
+    out = tmp_path / "mpirun.jsonl"
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMPI_MCA_rtc_hwloc_vmhole": "none"}
+    env.pop("RANK", None)
+    proc = subprocess.run(["mpirun", "--allow-run-as-root", "--bind-to", "none", "-np", "2", sys.executable, "-m",
+                           "rm_ds.cli", "score", "--mpi", "--model", folder, "--input", str(root / "pairs.jsonl"),
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "on 2 rank(s)" in proc.stdout + proc.stderr
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == ids
+    np.testing.assert_allclose([g["reward_chosen"] for g in got], [want[i][0] for i in ids], atol=1e-5)
+    np.testing.assert_allclose([g["reward_rejected"] for g in got], [want[i][1] for i in ids], atol=1e-5)
 
 
 def test_score_file_forms_and_ensemble(runs, tmp_path):
