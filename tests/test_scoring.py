@@ -341,3 +341,33 @@ def test_select_active_learning(runs, tmp_path):
     assert len(picked) == 3 and len({g["source_id"] for g in picked}) == 3  # at most one pair per prompt
     with pytest.raises(ValueError, match="ensemble_std needs two or more"):
         select([a], str(pool), k=2, by="ensemble_std")
+
+
+def test_lora_adapter_export_scores_like_merged(runs, tmp_path):
+    """`rm-ds export --adapter` of a LoRA run scores the same as its merged export (to 1e-5)."""
+    from rm_ds.scoring import load_scorer
+
+    root, _ = runs
+    model = build_model("llama", tmp_path / "model")
+    run = tmp_path / "run"
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny", f"model.name_or_path={model}",
+                    f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_train_pairs=null",
+                    f"data.max_length={MAX_LENGTH}", "lora.enabled=true", "lora.r=4", "train.max_steps=2",
+                    "eval.every_steps=0", f"logging.run_dir={run}", "logging.tensorboard=false",
+                    "deepspeed.config=zero0"], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    for flags, out in (([], "merged"), (["--adapter"], "adapter")):
+        subprocess.run([sys.executable, "-m", "rm_ds.cli", "export", "--run-dir", str(run), "--out",
+                        str(tmp_path / out), *flags], env=env, cwd=tmp_path, check=True, capture_output=True,
+                       timeout=300)
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items()), "LoRA did not move: no test"
+    rows = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines()]
+    prompts, chosen, rejected = ([r[k] for r in rows] for k in ("prompt", "chosen", "rejected"))
+    merged = load_scorer(str(tmp_path / "merged")).score_pairs(prompts, chosen, rejected)
+    adapter = load_scorer(str(tmp_path / "adapter")).score_pairs(prompts, chosen, rejected)
+    assert np.ptp(merged[0]) > 0
+    for m, a in zip(merged, adapter):
+        np.testing.assert_allclose(a, m, atol=1e-5)
