@@ -76,7 +76,7 @@ def build_model(kind: str, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """combo -> run directory, the four trainings started together."""
+    """combo (and "lora") -> run directory, the five trainings started together."""
     root = tmp_path_factory.mktemp("scoring")
     write_pairs(root / "pairs.jsonl", n=N_PAIRS, seed=0, long_every=7)
     procs, dirs = {}, {}
@@ -91,6 +91,15 @@ def runs(tmp_path_factory):
                 "deepspeed.config=zero0"]
         procs[combo] = subprocess.Popen(args, env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, cwd=root,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a LoRA run for test_lora_adapter_export_scores_like_merged, trained beside the others
+    dirs["lora"] = root / "run-lora"
+    procs["lora"] = subprocess.Popen(
+        [sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny", f"model.name_or_path={root / 'model-llama'}",
+         f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_train_pairs=null",
+         f"data.max_length={MAX_LENGTH}", "lora.enabled=true", "lora.r=4", "train.max_steps=2", "eval.every_steps=0",
+         f"logging.run_dir={dirs['lora']}", "logging.tensorboard=false", "deepspeed.config=zero0"],
+        env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, cwd=root,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for combo, p in procs.items():
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, f"{combo} training failed:\n{out[-3000:]}"
@@ -347,15 +356,9 @@ def test_lora_adapter_export_scores_like_merged(runs, tmp_path):
     """`rm-ds export --adapter` of a LoRA run scores the same as its merged export (to 1e-5)."""
     from rm_ds.scoring import load_scorer
 
-    root, _ = runs
-    model = build_model("llama", tmp_path / "model")
-    run = tmp_path / "run"
+    root, dirs = runs
+    run = dirs["lora"]
     env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny", f"model.name_or_path={model}",
-                    f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_train_pairs=null",
-                    f"data.max_length={MAX_LENGTH}", "lora.enabled=true", "lora.r=4", "train.max_steps=2",
-                    "eval.every_steps=0", f"logging.run_dir={run}", "logging.tensorboard=false",
-                    "deepspeed.config=zero0"], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
     for flags, out in (([], "merged"), (["--adapter"], "adapter")):
         subprocess.run([sys.executable, "-m", "rm_ds.cli", "export", "--run-dir", str(run), "--out",
                         str(tmp_path / out), *flags], env=env, cwd=tmp_path, check=True, capture_output=True,
