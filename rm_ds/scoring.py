@@ -29,7 +29,7 @@ import torch
 from rm_ds.collate import collate_pairs, make_collate
 from rm_ds.recipe import InputRecipe, check_tokenizer, default_recipe, read_recipe
 from rm_ds.sampler import eval_shards
-from rm_ds.tokenize import _encode_pair, _leading_special, fit_to_length
+from rm_ds.tokenize import encode_pair, leading_special_ids, fit_to_length
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Scorer:
         tok = self.tokenizer
         self._opts = self.recipe.tokenize_options()
         self._eos = self.recipe.eos_token_id
-        self._lead = _leading_special(tok)
+        self._lead = leading_special_ids(tok)
         # the same whitespace set rm_ds.tokenize.tokenize_pairs strips after the final eos
         self._ws = {t for t in tok.convert_tokens_to_ids(tok.tokenize("\n \n\n")) if t is not None and t != self._eos}
         self._pair_collate = make_collate(prefix_sharing=self.prefix_sharing, packing=False,
@@ -88,7 +88,7 @@ class Scorer:
 
     def _encode(self, prompt, chosen, rejected) -> Encoded:
         fmt = "chat" if any(isinstance(x, list) for x in (prompt, chosen, rejected)) else "text"
-        enc = _encode_pair(self.tokenizer, fmt, prompt, chosen, chosen if rejected is None else rejected,
+        enc = encode_pair(self.tokenizer, fmt, prompt, chosen, chosen if rejected is None else rejected,
                            self._opts, self._eos, self._ws)
         if enc is None:
             return Encoded([], [self._eos], None if rejected is None else [self._eos], "dropped_template")

@@ -68,7 +68,7 @@ def eos_id(tokenizer) -> int:
     return int(tid)
 
 
-def _leading_special(tokenizer) -> set[int]:
+def leading_special_ids(tokenizer) -> set[int]:
     return {t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id) if t is not None}
 
 
@@ -87,7 +87,7 @@ def _as_messages(x: Any, role: str) -> list[dict]:
     return [{"role": role, "content": x}] if isinstance(x, str) else list(x)
 
 
-def _encode_pair(tokenizer, fmt: str, prompt, chosen, rejected, opts: TokenizeOptions, eos: int,
+def encode_pair(tokenizer, fmt: str, prompt, chosen, rejected, opts: TokenizeOptions, eos: int,
                  ws: set[int]) -> tuple[list[int], list[int], list[int]] | None:
     if fmt == "chat" or opts.chat_template:
         if not tokenizer.chat_template:
@@ -179,14 +179,14 @@ def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1, c
     needs) and ``status``. Dropped pairs are removed and counted.
     """
     eos = eos_id(tokenizer)
-    lead = _leading_special(tokenizer)
+    lead = leading_special_ids(tokenizer)
     ws = {tid for tid in tokenizer.convert_tokens_to_ids(tokenizer.tokenize("\n \n\n"))
           if tid is not None and tid != eos}
 
     def encode(batch: dict) -> dict:
         out = {c: [] for c in TOKEN_COLUMNS}
         for fmt, p, c, r in zip(batch["format"], batch["prompt"], batch["chosen"], batch["rejected"]):
-            enc = _encode_pair(tokenizer, fmt, p, c, r, opts, eos, ws)
+            enc = encode_pair(tokenizer, fmt, p, c, r, opts, eos, ws)
             if enc is None:
                 p_ids, c_ids, r_ids, status = [], [eos], [eos], "dropped_template"
             else:

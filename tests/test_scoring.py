@@ -16,6 +16,7 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def build_model(kind: str, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """combo -> run directory, the four trainings started together."""
+    """combo (and "lora") -> run directory, the five trainings started together."""
     root = tmp_path_factory.mktemp("scoring")
     write_pairs(root / "pairs.jsonl", n=N_PAIRS, seed=0, long_every=7)
     procs, dirs = {}, {}
@@ -90,6 +91,15 @@ def runs(tmp_path_factory):
                 "deepspeed.config=zero0"]
         procs[combo] = subprocess.Popen(args, env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, cwd=root,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a LoRA run for test_lora_adapter_export_scores_like_merged, trained beside the others
+    dirs["lora"] = root / "run-lora"
+    procs["lora"] = subprocess.Popen(
+        [sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny", f"model.name_or_path={root / 'model-llama'}",
+         f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_train_pairs=null",
+         f"data.max_length={MAX_LENGTH}", "lora.enabled=true", "lora.r=4", "train.max_steps=2", "eval.every_steps=0",
+         f"logging.run_dir={dirs['lora']}", "logging.tensorboard=false", "deepspeed.config=zero0"],
+        env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, cwd=root,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for combo, p in procs.items():
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, f"{combo} training failed:\n{out[-3000:]}"
@@ -221,6 +231,27 @@ def test_score_sharded_over_ranks(runs, tmp_path):
     np.testing.assert_allclose([g["reward_chosen"] for g in got], [want[i][0] for i in ids], atol=1e-5)
 
 
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI (mpirun) is not installed")
+def test_score_under_mpirun(runs, tmp_path):
+    """`rm-ds score --mpi` under real mpirun with 2 ranks: every row once, in order, = one-process scores."""
+    root, dirs = runs
+    folder = str(dirs["llama"] / "export" / "final")
+    want = trainer_scores(dirs["llama"])
+    ids = [json.loads(line)["id"] for line in (root / "pairs.jsonl").read_text().splitlines()]
+    out = tmp_path / "mpirun.jsonl"
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMPI_MCA_rtc_hwloc_vmhole": "none"}
+    env.pop("RANK", None)
+    proc = subprocess.run(["mpirun", "--allow-run-as-root", "--bind-to", "none", "-np", "2", sys.executable, "-m",
+                           "rm_ds.cli", "score", "--mpi", "--model", folder, "--input", str(root / "pairs.jsonl"),
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "on 2 rank(s)" in proc.stdout + proc.stderr
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == ids
+    np.testing.assert_allclose([g["reward_chosen"] for g in got], [want[i][0] for i in ids], atol=1e-5)
+    np.testing.assert_allclose([g["reward_rejected"] for g in got], [want[i][1] for i in ids], atol=1e-5)
+
+
 def test_score_file_forms_and_ensemble(runs, tmp_path):
     """responses (prompt+response, messages), scored rows (contract 4), an ensemble, bad input named."""
     from rm_ds.score_file import InputError, read_input, run
@@ -319,3 +350,27 @@ def test_select_active_learning(runs, tmp_path):
     assert len(picked) == 3 and len({g["source_id"] for g in picked}) == 3  # at most one pair per prompt
     with pytest.raises(ValueError, match="ensemble_std needs two or more"):
         select([a], str(pool), k=2, by="ensemble_std")
+
+
+def test_lora_adapter_export_scores_like_merged(runs, tmp_path):
+    """`rm-ds export --adapter` of a LoRA run scores the same as its merged export (to 1e-5)."""
+    from rm_ds.scoring import load_scorer
+
+    root, dirs = runs
+    run = dirs["lora"]
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
+    for flags, out in (([], "merged"), (["--adapter"], "adapter")):
+        subprocess.run([sys.executable, "-m", "rm_ds.cli", "export", "--run-dir", str(run), "--out",
+                        str(tmp_path / out), *flags], env=env, cwd=tmp_path, check=True, capture_output=True,
+                       timeout=300)
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items()), "LoRA did not move: no test"
+    rows = [json.loads(line) for line in (root / "pairs.jsonl").read_text().splitlines()]
+    prompts, chosen, rejected = ([r[k] for r in rows] for k in ("prompt", "chosen", "rejected"))
+    merged = load_scorer(str(tmp_path / "merged")).score_pairs(prompts, chosen, rejected)
+    adapter = load_scorer(str(tmp_path / "adapter")).score_pairs(prompts, chosen, rejected)
+    assert np.ptp(merged[0]) > 0
+    for m, a in zip(merged, adapter):
+        np.testing.assert_allclose(a, m, atol=1e-5)
