@@ -456,8 +456,7 @@ def main(args) -> int:
     info = dist.init(mpi_discovery=args.mpi)
     logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
                         format=f"[rank{info.rank}] %(message)s")
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, info.world_size)))
+    dist.set_threads(info)
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                             n=args.n)
     result = run_sample(prompts_path=args.prompts, out=args.out, model=args.model, params=params, seed=args.seed,

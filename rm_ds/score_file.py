@@ -274,17 +274,8 @@ def main(models: list[str], input_path: str, out: str, *, step: str | None, toke
         run(models, input_path, out, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos)
         return
     info = dist.init(mpi_discovery=mpi)
-    if "OMP_NUM_THREADS" not in os.environ:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
-    code = 0
-    try:
-        run(models, input_path, out, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos,
-            rank=info.rank, world_size=info.world_size)
-        dist.barrier()
-    except BaseException:
-        code = 1
-        raise
-    finally:
-        if code == 0:
-            dist.shutdown(0)
+    dist.set_threads(info)
+    run(models, input_path, out, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos,
+        rank=info.rank, world_size=info.world_size)
+    dist.barrier()
+    dist.shutdown(0)  # only on success: an exception propagates with its traceback

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -70,12 +69,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def set_threads(info: dist.DistInfo) -> None:
-    """One rank per core unless OMP_NUM_THREADS says otherwise (oversubscription is 7x slower)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, info.local_world_size)))
 
 
 @dataclass
@@ -197,7 +190,7 @@ def save_eval_artifacts(logger: RunLogger, step: int, scores, ds, metrics: dict,
 
 def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
     """Tokenizer, data, sampler, model and engine, in that order (``training=False``: eval data only)."""
-    set_threads(info)
+    dist.set_threads(info)
     seed_everything(cfg.train.seed)
     run_dir = Path(cfg.logging.run_dir)
     if info.is_main:
@@ -445,12 +438,5 @@ def format_summary(summary: dict, metrics: dict) -> str:
 
 
 def main(cfg: Config, *, command: str = "train") -> None:
-    code = 0
-    try:
-        run(cfg) if command == "train" else run_eval(cfg)
-    except BaseException:
-        code = 1
-        raise
-    finally:
-        if code == 0:
-            dist.shutdown(0)
+    run(cfg) if command == "train" else run_eval(cfg)
+    dist.shutdown(0)  # only on success: an exception propagates with its traceback
