@@ -20,9 +20,15 @@ Held equal: the model folder and its initial head (seeded the same way), the pai
 same ids as ``chosen_ids = prompt_ids + chosen_ids``, since its own text path joins prompt and answer
 with no separator and doubles [SEP] on MiniLM), the cap (pairs over it are removed up front, so neither
 side truncates or drops), 16 pairs per optimizer step in total, AdamW (lr 5e-5, betas, eps, no weight
-decay), cosine schedule with ceil(5% of steps) of warm-up, grad-norm clip 1.0, one epoch, the seed,
-dropout (rm_ds's default ``model.dropout``; TRL's ``disable_dropout`` only when that is 0), no
-activation checkpointing, fp32, processes and threads per process. Evaluation only at the end.
+decay; torch's fused kernel on both sides, TRL's default ``adamw_torch_fused``), cosine schedule with
+ceil(5% of steps) of warm-up, grad-norm clip 1.0, one epoch, the seed, dropout (rm_ds's default
+``model.dropout``; TRL's ``disable_dropout`` only when that is 0), no activation checkpointing (TRL's
+default is on: turned off, as rm_ds runs), precision (rm_ds's default ``model.dtype=bf16-mixed``, fp32
+weights with bf16 autocast, against TRL's default ``bf16=True``, the same autocast; ``--rm-ds-overrides
+model.dtype=fp32`` runs both in fp32), processes and threads per process. Evaluation only at the end.
+Not held equal, because it is each system's own choice: the attention kernel (rm_ds's default config
+picks eager attention, measured faster than SDPA under bf16 autocast on CPU; TRL runs the model's
+default, SDPA).
 
 Figures per (model, data, layout, system), medians over rounds (accuracy: mean over seeds):
   pairs/s   training pairs per second over the training steps only.
@@ -251,8 +257,8 @@ def trl_worker(spec: dict) -> None:
     args = RewardConfig(
         output_dir=spec["out_dir"], per_device_train_batch_size=PAIRS_PER_STEP // world, num_train_epochs=1,
         learning_rate=5e-5, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * steps), max_grad_norm=1.0, optim="adamw_torch",
-        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu="deepspeed" not in spec, max_length=MAX_LENGTH,
+        lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * steps), max_grad_norm=1.0,
+        gradient_checkpointing=False, bf16=spec["bf16"], fp16=False, use_cpu="deepspeed" not in spec, max_length=MAX_LENGTH,
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[], seed=spec["seed"],
         dataloader_num_workers=0, disable_dropout=spec["dropout"] == 0.0, ddp_backend="gloo" if world > 1 else None,
         deepspeed=spec.get("deepspeed"))
@@ -319,7 +325,7 @@ def free_port() -> int:
 
 
 def run_one(system: str, *, procs: int, threads: int, model: str, model_path: str, data: dict, seed: int,
-            work: Path, extra: list[str], dropout: float) -> dict:
+            work: Path, extra: list[str], dropout: float, bf16: bool) -> dict:
     from rm_ds.runtime_env import RUNTIME  # launch/env.sh's CPU environment, then this run's thread count
 
     env = {**os.environ, **RUNTIME, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -344,14 +350,14 @@ def run_one(system: str, *, procs: int, threads: int, model: str, model_path: st
                 "train_s": s["train"]["train_time_s"], "pairs": s["train"]["pairs"]}
     spec = {"model": model_path, "model_kind": "encoder" if model == "minilm" else "decoder", "seed": seed,
             "train": data["train"][0], "eval": data["eval"][0], "out_dir": str(out_dir), "dropout": dropout,
-            "out": str(out_dir / "result.json")}
+            "out": str(out_dir / "result.json"), "bf16": bf16}
     out_dir.mkdir(parents=True, exist_ok=True)
     if system == "trl_zero2":  # the Trainer's own DeepSpeed path (accelerate's --use_deepspeed on CPU ran plain DDP)
         ds = {"zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True},
               # no train_batch_size: the Trainer would fill it for a world of one on a CPU host; DeepSpeed
               # derives it (micro x accumulation x its real world size)
               "train_micro_batch_size_per_gpu": PAIRS_PER_STEP // procs,
-              "gradient_accumulation_steps": 1, "gradient_clipping": 1.0, "bf16": {"enabled": False},
+              "gradient_accumulation_steps": 1, "gradient_clipping": 1.0, "bf16": {"enabled": spec["bf16"]},
               "zero_allow_untested_optimizer": True}
         (out_dir / "ds_zero2.json").write_text(json.dumps(ds))
         spec["deepspeed"] = str(out_dir / "ds_zero2.json")
@@ -407,12 +413,15 @@ def main(argv: list[str] | None = None) -> None:
     extra = args.rm_ds_overrides.split()
     from rm_ds.config import load_config
 
-    dropout = load_config("default", extra).model.dropout
+    rm_cfg = load_config("default", extra)
+    dropout = rm_cfg.model.dropout
+    bf16 = rm_cfg.model.dtype != "fp32"  # TRL's bf16 (autocast) when rm_ds trains in bf16, fp32 against fp32
     dropout = 0.1 if dropout is None else dropout  # the models' own value (MiniLM's config: 0.1)
     with tempfile.TemporaryDirectory(prefix="rm_ds_e2e_") as tmp:
         work = Path(tmp)
         assets = prepare(work, models=models, datasets=datasets, n_train=args.max_pairs, n_eval=args.eval_pairs)
-        print(f"machine: {os.cpu_count()} cores; {PAIRS_PER_STEP} pairs/step, cap {MAX_LENGTH}, dropout {dropout}; "
+        print(f"machine: {os.cpu_count()} cores; {PAIRS_PER_STEP} pairs/step, cap {MAX_LENGTH}, dropout {dropout}, "
+              f"rm_ds {rm_cfg.model.dtype} / TRL bf16={bf16}; "
               f"rounds {args.rounds}, seeds {args.seeds}", flush=True)
         for d, f in assets["data"].items():
             print(f"data {d}: {f['train'][1]} train / {f['eval'][1]} eval pairs", flush=True)
@@ -427,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
                         for system in cell:  # interleaved: A B C A B C ...
                             r = run_one(system, procs=procs, threads=threads, model=model,
                                         model_path=assets["models"][model], data=assets["data"][data], seed=seed,
-                                        work=work, extra=extra, dropout=dropout)
+                                        work=work, extra=extra, dropout=dropout, bf16=bf16)
                             r.update(system=system, model=model, data=data, layout=f"{procs}x{threads}", seed=seed,
                                      round=rnd)
                             raw[system].append(r)

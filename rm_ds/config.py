@@ -38,8 +38,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     name_or_path: str = "builtin:minilm"
     """Backbone: a local HF folder, a hub name (online only) or builtin:minilm|smollm2|tiny-llama."""
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    """Training precision; bf16 runs DeepSpeed's bf16 path with fp32 master weights."""
+    dtype: Literal["fp32", "bf16", "bf16-mixed"] = "fp32"
+    """Training precision. bf16: DeepSpeed's bf16 path (bf16 weights and activations, fp32 master weights).
+    bf16-mixed: fp32 weights, training forwards under torch.autocast(bf16) (matmuls in bf16, norms and softmax
+    in fp32), evaluation in fp32 so the exported model reproduces the eval scores."""
     attn_implementation: str = "sdpa"
     """transformers attention implementation (sdpa, eager, ...)."""
     pad_token: str | None = None
@@ -589,6 +591,10 @@ def build_ds_config(cfg: Config, *, world_size: int, max_micro_steps: int) -> di
     if "fp16" in ds and ds["fp16"].get("enabled") not in (False, "auto"):
         raise ConfigError(f"{path}: fp16 is not supported (use model.dtype=bf16)")
     ds.pop("fp16", None)
+    if zero_stage(ds) == 0 and not ds["bf16"]["enabled"]:
+        # rm_ds clips this path itself (engine.train_step): one foreach norm that it keeps, where DeepSpeed's
+        # clip would compute its own per-parameter norms again and report none
+        ds["gradient_clipping"] = 0.0
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)

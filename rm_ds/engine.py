@@ -91,25 +91,45 @@ def build_engine(model, ds_config: dict, train: TrainConfig, *, total_steps: int
         for p in model.parameters():
             if not hasattr(p, "ds_id"):
                 p.data = p.data.to(torch.bfloat16)
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay)
+    # the fused kernel (no temporaries; 14 ms against 85 ms for 22.7M parameters on 2 CPU cores), as TRL's default
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay,
+                                  fused=_fused_adamw_ok(model))
     scheduler = transformers.get_scheduler(
         "constant_with_warmup" if t.lr_scheduler == "constant" else t.lr_scheduler,
         optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps), num_training_steps=total_steps)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)
+    if zero_stage(ds_config) < 2 and dist.current().world_size == 1:
+        # one rank: DeepSpeed would still flatten every gradient, all-reduce it with itself and copy it back
+        # (22 ms of a 190 ms step on a 12M model here)
+        engine.enable_backward_allreduce = False
     return engine
+
+
+def clips_itself(engine) -> bool:
+    """ZeRO-0 in fp32: the path on which ``build_ds_config`` leaves clipping to ``train_step``."""
+    return zero_stage(engine.config) == 0 and not engine.bfloat16_enabled()
+
+
+def _fused_adamw_ok(model) -> bool:
+    """torch's fused AdamW takes floating parameters on CPU or CUDA (ZeRO flattens them later, same devices)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
 
 
 STEP_SUMS = ("loss", "correct", "margin", "real_tokens", "computed_tokens", "unshared_tokens")
 """What a step sums over its micro-batches and ranks (float64, one all-reduce for all of them)."""
 
 
-def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size: int) -> StepStats:
+def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size: int,
+               autocast: torch.dtype | None = None, max_grad_norm: float = 0.0) -> StepStats:
     """One optimizer step over this rank's micro-batches (every rank passes the same count).
 
     ``loss_fn(chosen, rejected, batch)`` returns the per-pair loss; the step masks filler pairs and
     reduces it once by the global pair count. With several objectives the count is that of labelled
     (pair, objective) entries (``batch["n_terms"]``), and the stats are means over those entries.
+    ``autocast`` (``model.dtype=bf16-mixed``: torch.bfloat16) runs the forwards under torch.autocast.
+    ``max_grad_norm`` (``train.max_grad_norm``) is applied here on the ZeRO-0 fp32 path (``clips_itself``);
+    DeepSpeed clips the others from its config.
     """
     # from_pretrained returns the model in eval mode and scoring switches to it: dropout needs train mode
     engine.train()
@@ -122,7 +142,8 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
     nonfinite, own_norm = None, None
     for i, batch in enumerate(micro_batches):
         engine.set_gradient_accumulation_boundary(i == len(micro_batches) - 1)
-        chosen, rejected = rewards(engine, batch)
+        with torch.autocast(engine.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            chosen, rejected = rewards(engine, batch)
         per_pair = loss_fn(chosen, rejected, batch)
         mask = batch["pair_mask"]
         # scale the summed loss so the accumulated, rank-averaged gradient is the mean over all pairs
@@ -131,7 +152,7 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
             nonfinite = i
         engine.backward(micro_loss * scale, scale_wrt_gas=False)
         if i == len(micro_batches) - 1 and zero_stage(engine.config) == 0:
-            own_norm = _grad_norm(engine)  # ZeRO-0 clips without keeping the norm: measure it before the step
+            own_norm = _grad_norm(engine, max_grad_norm if clips_itself(engine) else 0.0)
         engine.step()
         with torch.no_grad():
             diff = (chosen - rejected).double()
@@ -154,10 +175,16 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
                      lr=float(engine.get_lr()[0]), nonfinite_micro=nonfinite)
 
 
-def _grad_norm(engine) -> float:
-    """L2 norm of the (already rank-averaged) gradients of a ZeRO-0 engine, every parameter whole."""
-    norms = [p.grad.detach().double().norm() for p in engine.module.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+def _grad_norm(engine, max_norm: float) -> float:
+    """L2 norm of the (already rank-averaged) gradients of a ZeRO-0 engine, every parameter whole; clips them
+    to ``max_norm`` when it is > 0 (torch's foreach kernels: one pass, no copies)."""
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(engine.module.parameters(), max_norm, norm, foreach=True)
+    return float(norm)
 
 
 def _labelled(batch: dict, diff: torch.Tensor) -> torch.Tensor:

@@ -311,7 +311,9 @@ def train_loop(tr: Run, *, on_step=None) -> dict[str, float]:
         for micro_idx in st.sampler:
             t0 = time.perf_counter()
             batches = [tr.collate(rows_at(tr.data.train, mb)) for mb in micro_idx]
-            stats = train_step(tr.engine, batches, loss_fn=tr.loss_fn, world_size=info.world_size)
+            stats = train_step(tr.engine, batches, loss_fn=tr.loss_fn, world_size=info.world_size,
+                               autocast=torch.bfloat16 if cfg.model.dtype == "bf16-mixed" else None,
+                               max_grad_norm=cfg.train.max_grad_norm)
             dt = time.perf_counter() - t0
             st.step += 1
             if not faults.step_is_finite(stats.loss, stats.grad_norm):  # the same verdict on every rank
