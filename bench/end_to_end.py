@@ -257,8 +257,8 @@ def trl_worker(spec: dict) -> None:
     args = RewardConfig(
         output_dir=spec["out_dir"], per_device_train_batch_size=PAIRS_PER_STEP // world, num_train_epochs=1,
         learning_rate=5e-5, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-        lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * steps), max_grad_norm=1.0,
-        gradient_checkpointing=False, bf16=spec["bf16"], fp16=False, use_cpu="deepspeed" not in spec, max_length=MAX_LENGTH,
+        lr_scheduler_type="cosine", warmup_steps=math.ceil(0.05 * steps), max_grad_norm=1.0, max_length=MAX_LENGTH,
+        gradient_checkpointing=False, bf16=spec["bf16"], fp16=False, use_cpu="deepspeed" not in spec,
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[], seed=spec["seed"],
         dataloader_num_workers=0, disable_dropout=spec["dropout"] == 0.0, ddp_backend="gloo" if world > 1 else None,
         deepspeed=spec.get("deepspeed"))
