@@ -591,16 +591,16 @@ def build_ds_config(cfg: Config, *, world_size: int, max_micro_steps: int) -> di
     if "fp16" in ds and ds["fp16"].get("enabled") not in (False, "auto"):
         raise ConfigError(f"{path}: fp16 is not supported (use model.dtype=bf16)")
     ds.pop("fp16", None)
-    if zero_stage(ds) == 0 and not ds["bf16"]["enabled"]:
-        # rm_ds clips this path itself (engine.train_step): one foreach norm that it keeps, where DeepSpeed's
-        # clip would compute its own per-parameter norms again and report none
-        ds["gradient_clipping"] = 0.0
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("wall_clock_breakdown", False)
     left = _find_auto(ds)
     if left:
         raise ConfigError(f"{path}: unresolved \"auto\" at {', '.join(left)}")
+    if zero_stage(ds) == 0 and not ds["bf16"]["enabled"]:
+        # rm_ds clips this path itself (engine.train_step): one foreach norm that it keeps, where DeepSpeed's
+        # clip would compute its own per-parameter norms again and report none
+        ds["gradient_clipping"] = 0.0
     return ds
 
 

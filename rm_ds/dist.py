@@ -164,6 +164,26 @@ def all_reduce_sum(values: list[float] | torch.Tensor) -> torch.Tensor:
     return t
 
 
+GRAD_BUCKET_MIN = 1 << 18
+"""Tensors of at least this many elements are all-reduced in place one by one; smaller ones share one flat copy."""
+
+
+def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
+    """Sum same-shaped tensor lists over ranks in place (gradients): large tensors need no copy, the many small
+    ones (norms, biases) one collective. Every rank passes its tensors in the same order."""
+    if not (tdist.is_initialized() and tdist.get_world_size() > 1):
+        return
+    small = [t for t in tensors if t.numel() < GRAD_BUCKET_MIN]
+    for t in tensors:
+        if t.numel() >= GRAD_BUCKET_MIN:
+            tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+    if small:
+        flat = torch._utils._flatten_dense_tensors(small)
+        tdist.all_reduce(flat, op=tdist.ReduceOp.SUM)
+        for t, r in zip(small, torch._utils._unflatten_dense_tensors(flat, small), strict=True):
+            t.copy_(r)
+
+
 def all_reduce_max(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     if tdist.is_initialized() and tdist.get_world_size() > 1:

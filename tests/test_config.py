@@ -58,7 +58,7 @@ def test_overrides_are_typed_and_nested():
     (["train.epochs=1.5"], "train.epochs: expected an integer"),
     (["train.lrr=1"], "train.lrr: unknown key"),
     (["nope.x=1"], "nope: unknown key"),
-    (["model.dtype=fp16"], "model.dtype: expected one of ['fp32', 'bf16']"),
+    (["model.dtype=fp16"], "model.dtype: expected one of ['fp32', 'bf16', 'bf16-mixed']"),
     (["train.token_budget=16", "data.max_length=64"], "train.token_budget: 16 is smaller than data.max_length=64"),
     (["deepspeed.config=zero9"], "deepspeed.config: 'zero9'"),
     (["train.adam_betas=[0.9]"], "train.adam_betas: expected 2 items"),
