@@ -109,6 +109,15 @@ def build_engine(model, ds_config: dict, train: TrainConfig, *, total_steps: int
     return engine
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX or AVX512-BF16; Linux's /proc/cpuinfo flags)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return True  # unknown: say nothing
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def clips_itself(engine) -> bool:
     """ZeRO-0 in fp32: the path on which ``train_step`` reduces the gradients over ranks and clips them
     (``build_ds_config`` leaves DeepSpeed's clipping off there)."""

@@ -44,7 +44,7 @@ from rm_ds.dataset import (
     prepare_data,
     rows_at,
 )
-from rm_ds.engine import build_engine, model_build_context, train_step
+from rm_ds.engine import build_engine, cpu_has_bf16_matmul, model_build_context, train_step
 from rm_ds.eval_metrics import EvalScores, compute_metrics
 from rm_ds.evaluate import gather_scores
 from rm_ds.loss import LossFn, make_loss_fn
@@ -231,6 +231,10 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
              f" + LoRA r={cfg.lora.r}" if cfg.lora.enabled else "", trainable / 1e6, total / 1e6,
              ds_config["zero_optimization"]["stage"], cfg.model.dtype, info.world_size, total_steps,
              steps_per_epoch, t.global_batch_pairs)
+    if cfg.model.dtype != "fp32" and engine.device.type == "cpu" and not cpu_has_bf16_matmul():
+        log.warning("model.dtype=%s on a CPU without bf16 matrix instructions (no amx_bf16 or avx512_bf16 in "
+                    "/proc/cpuinfo): bf16 may run slower than fp32 here; model.dtype=fp32 is the alternative",
+                    cfg.model.dtype)
     logger = RunLogger(run_dir, enabled=info.is_main, tensorboard=cfg.logging.tensorboard)
     stopper = EarlyStopping(metric=cfg.eval.metric, mode=cfg.eval.mode, patience=cfg.eval.patience,
                             min_delta=cfg.eval.min_delta)
