@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -79,11 +80,15 @@ def export_run(run_dir: str | Path, *, step: str = "final", out: str | Path | No
     cfg = load_config(run_dir / "config.yaml")
     tag = resolve_step(run_dir, step)
     out = Path(out) if out else run_dir / "export" / step
+    adapter = (cfg.lora.export == "adapter") if adapter is None else adapter
+    if _link_existing_export(run_dir / "export", tag, out, adapter=bool(cfg.lora.enabled and adapter)):
+        log.info("exported %s (%s) to %s: the same checkpoint as an earlier export, files hard-linked", run_dir, tag,
+                 out)
+        return out
     state = read_state(checkpoint_root(run_dir), tag)
     sd = consolidated_state_dict(str(checkpoint_root(run_dir)), tag)
     tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     model = build_cpu_model(cfg, sd, tokenizer)
-    adapter = (cfg.lora.export == "adapter") if adapter is None else adapter
     out.mkdir(parents=True, exist_ok=True)
     calibration = calibration_for(run_dir, state["step"])
     meta = {"source_run": str(run_dir.resolve()), "checkpoint": tag, "step": state["step"]}
@@ -104,6 +109,34 @@ def export_run(run_dir: str | Path, *, step: str = "final", out: str | Path | No
                                                        "model_type": base_cfg.model_type}, indent=1))
     log.info("exported %s (%s) to %s", run_dir, tag, out)
     return out
+
+
+def _link_existing_export(export_root: Path, tag: str, out: Path, *, adapter: bool) -> bool:
+    """When another folder under ``export_root`` already holds the same kind of export (``adapter`` or
+    merged) of checkpoint ``tag`` (the best step is often the final one), hard-link its files into ``out``
+    (copy where links fail) instead of consolidating the checkpoint again. Returns whether it did."""
+    import shutil
+
+    if not export_root.is_dir():
+        return False
+    for other in sorted(export_root.iterdir()):
+        meta = other / "rm_ds_export.json"
+        if other.resolve() == out.resolve() or not meta.is_file():
+            continue
+        done = json.loads(meta.read_text())
+        if done.get("checkpoint") != tag or bool(done.get("adapter")) != adapter:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        for f in other.iterdir():
+            if f.is_file():
+                target = out / f.name
+                target.unlink(missing_ok=True)
+                try:
+                    os.link(f, target)
+                except OSError:
+                    shutil.copy2(f, target)
+        return True
+    return False
 
 
 def save_adapter_with_head(peft_model, out: Path) -> None:

@@ -206,3 +206,25 @@ def test_checkpoints_and_eval_folders_share_one_step_name(tmp_path):
     new.mkdir(parents=True)
     (new / "calibration.json").write_text(json.dumps({"temperature": 2.0}))
     assert calibration_for(tmp_path, 40) == {"temperature": 2.0}
+
+
+def test_an_export_of_the_same_checkpoint_is_linked_not_redone(tmp_path):
+    """export/best of the step export/final already holds: the same files, hard-linked; another step: not."""
+    import json as _json
+    import os as _os
+
+    from rm_ds.export import _link_existing_export
+
+    root = tmp_path / "export"
+    final = root / "final"
+    final.mkdir(parents=True)
+    (final / "rm_ds_export.json").write_text(_json.dumps({"checkpoint": "step_00000020", "step": 20,
+                                                           "adapter": False}))
+    (final / "model.safetensors").write_bytes(b"weights")
+    assert not _link_existing_export(root, "step_00000010", root / "best", adapter=False)
+    assert not _link_existing_export(root, "step_00000020", root / "best", adapter=True)  # another kind
+    assert not (root / "best").exists()
+    assert _link_existing_export(root, "step_00000020", root / "best", adapter=False)
+    for f in final.iterdir():
+        assert (root / "best" / f.name).read_bytes() == f.read_bytes()
+        assert _os.stat(root / "best" / f.name).st_ino == _os.stat(f).st_ino
