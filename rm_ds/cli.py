@@ -132,7 +132,6 @@ def _add_proxy_commands(sub) -> None:
     s.add_argument("--max-prompts", type=int, default=None, help="use only the first N distinct prompts")
     s.add_argument("--no-chat-template", action="store_true", help="feed the prompt text without the chat template")
     s.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")
-    _dtype_arg(s)
     lb = sub.add_parser("label", help="score sampled responses with a gold RM; write rewards and winner pairs")
     lb.add_argument("--gold", required=True, help="the gold RM: an rm_ds export, a run directory or an HF RM folder")
     lb.add_argument("--step", default=None, help="for a run directory: final, best or a checkpoint tag")
