@@ -348,8 +348,9 @@ def create_app(scorers: list[Scorer], opts: ServeOptions) -> FastAPI:
         except QueueFull:
             return JSONResponse({"error": f"server busy: {opts.max_queue} requests queued; retry later"},
                                 status_code=503, headers={"Retry-After": str(opts.retry_after_s)})
-        return {"results": _result_rows(kind, scorers, statuses, per_model),
-                "objectives": scorers[0].objectives, "models": [s.name for s in scorers]}
+        # a JSONResponse of plain floats/strings: skips FastAPI's jsonable_encoder walk over every result
+        return JSONResponse({"results": _result_rows(kind, scorers, statuses, per_model),
+                             "objectives": scorers[0].objectives, "models": [s.name for s in scorers]})
 
     @app.post("/v1/score", dependencies=[Depends(auth)])
     async def score(req: ScoreRequest):
