@@ -180,11 +180,16 @@ class Batcher:
             deadline = loop.time() + self.max_wait_s
             n = len(jobs[0].prompts)
             while n < MAX_ITEMS_PER_BATCH:
-                left = deadline - loop.time()
-                try:
-                    job = self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left)
-                except (TimeoutError, asyncio.QueueEmpty):
-                    break
+                try:  # what is already queued is taken at once; only an empty queue waits (out the window)
+                    job = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(self.queue.get(), left)
+                    except TimeoutError:
+                        break
                 jobs.append(job)
                 n += len(job.prompts)
             try:
