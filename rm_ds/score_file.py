@@ -223,9 +223,11 @@ def write_rows(rows: list[dict], out: str | Path) -> None:
 
 
 def run(models: list[str], input_path: str, out: str, *, step: str | None = None, token_budget: int | None = None,
-        allow_pad_eq_eos: bool = False, rank: int = 0, world_size: int = 1, show_progress: bool = True) -> dict:
+        allow_pad_eq_eos: bool = False, rank: int = 0, world_size: int = 1, show_progress: bool = True,
+        dtype: str = "fp32") -> dict:
     """Score ``input_path`` with every model; rank 0 writes ``out``. Returns the closing figures."""
-    scorers = [load_scorer(m, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos) for m in models]
+    scorers = [load_scorer(m, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos, dtype=dtype)
+               for m in models]
     check_ensemble(scorers)
     inp = read_input(input_path)
     t0 = time.perf_counter()
@@ -253,12 +255,12 @@ def run(models: list[str], input_path: str, out: str, *, step: str | None = None
     unit = "pairs" if inp.kind == "pairs" else "responses"
     figures = {"rows": n, "kind": inp.kind, "truncated": n_trunc, "not_scored": n_drop, "seconds": dt,
                "per_s": n * len(scorers) / max(dt, 1e-9), "tokens_per_s": tokens / max(dt, 1e-9),
-               "world_size": world_size, "models": len(scorers)}
+               "world_size": world_size, "models": len(scorers), "dtype": dtype}
     if rank == 0:
         write_rows(output_rows(inp, statuses, cols), out)
         print(f"rm-ds score: {n} {unit} x {len(scorers)} model(s) in {dt:.2f}s on {world_size} rank(s): "
               f"{figures['per_s']:.1f} {unit}/s, {figures['tokens_per_s']:.0f} tokens/s; {n_trunc} truncated, "
-              f"{n_drop} not scored; wrote {out}", flush=True)
+              f"{n_drop} not scored; {dtype}; wrote {out}", flush=True)
     return figures
 
 
@@ -268,14 +270,15 @@ def launched() -> bool:
 
 
 def main(models: list[str], input_path: str, out: str, *, step: str | None, token_budget: int | None,
-         allow_pad_eq_eos: bool, mpi: bool) -> None:
+         allow_pad_eq_eos: bool, mpi: bool, dtype: str = "fp32") -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not (mpi or launched()):
-        run(models, input_path, out, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos)
+        run(models, input_path, out, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos,
+            dtype=dtype)
         return
     info = dist.init(mpi_discovery=mpi)
     dist.set_threads(info)
     run(models, input_path, out, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos,
-        rank=info.rank, world_size=info.world_size)
+        rank=info.rank, world_size=info.world_size, dtype=dtype)
     dist.barrier()
     dist.shutdown(0)  # only on success: an exception propagates with its traceback

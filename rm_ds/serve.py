@@ -9,7 +9,7 @@ Endpoints (``Authorization: Bearer KEY`` on ``/v1/*`` when an API key is set)::
                       -> {"results": [{"reward": .., "reward_norm": .., "status": "ok", "truncated": false}, ...]}
     POST /v1/compare  {"pairs": [{"prompt": "...", "a": "...", "b": "..."}, ...]}
                       -> {"results": [{"reward_a": .., "reward_b": .., "p_a": P(a beats b), ...}, ...]}
-    GET  /v1/info     models, objectives, calibration, input recipe, limits
+    GET  /v1/info     models, objectives, calibration, input recipe, dtype (fp32 or bf16), limits
     GET  /health      {"status": "ok", "queued": n}
 
 Prompts and responses are strings or ``[{"role", "content"}]`` lists. Result keys are the columns of
@@ -180,11 +180,16 @@ class Batcher:
             deadline = loop.time() + self.max_wait_s
             n = len(jobs[0].prompts)
             while n < MAX_ITEMS_PER_BATCH:
-                left = deadline - loop.time()
-                try:
-                    job = self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left)
-                except (TimeoutError, asyncio.QueueEmpty):
-                    break
+                try:  # what is already queued is taken at once; only an empty queue waits (out the window)
+                    job = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    try:
+                        job = await asyncio.wait_for(self.queue.get(), left)
+                    except TimeoutError:
+                        break
                 jobs.append(job)
                 n += len(job.prompts)
             try:
@@ -348,8 +353,9 @@ def create_app(scorers: list[Scorer], opts: ServeOptions) -> FastAPI:
         except QueueFull:
             return JSONResponse({"error": f"server busy: {opts.max_queue} requests queued; retry later"},
                                 status_code=503, headers={"Retry-After": str(opts.retry_after_s)})
-        return {"results": _result_rows(kind, scorers, statuses, per_model),
-                "objectives": scorers[0].objectives, "models": [s.name for s in scorers]}
+        # a JSONResponse of plain floats/strings: skips FastAPI's jsonable_encoder walk over every result
+        return JSONResponse({"results": _result_rows(kind, scorers, statuses, per_model),
+                             "objectives": scorers[0].objectives, "models": [s.name for s in scorers]})
 
     @app.post("/v1/score", dependencies=[Depends(auth)])
     async def score(req: ScoreRequest):
@@ -372,7 +378,7 @@ def create_app(scorers: list[Scorer], opts: ServeOptions) -> FastAPI:
     @app.get("/v1/info", dependencies=[Depends(auth)])
     async def info():
         return {"models": [s.info() for s in scorers], "objectives": scorers[0].objectives,
-                "ensemble": len(scorers) > 1,
+                "ensemble": len(scorers) > 1, "dtype": scorers[0].dtype,
                 "calibrated": all(s.calibrated for s in scorers),
                 "limits": {"max_items": opts.max_items, "max_body_bytes": opts.max_body_bytes,
                            "max_queue": opts.max_queue, "max_batch_wait_ms": opts.max_batch_wait_ms,
@@ -419,17 +425,18 @@ def is_loopback(host: str) -> bool:
 
 
 def main(models: list[str], opts: ServeOptions, *, step: str | None = None, token_budget: int | None = None,
-         allow_pad_eq_eos: bool = False) -> None:
+         allow_pad_eq_eos: bool = False, dtype: str = "fp32") -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not is_loopback(opts.host) and not opts.api_key:
         raise ValueError(f"--host {opts.host}: binding an interface other than loopback needs --api-key "
                          "(or RM_DS_API_KEY)")
-    scorers = [load_scorer(m, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos) for m in models]
+    scorers = [load_scorer(m, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos, dtype=dtype)
+               for m in models]
     app = create_app(scorers, opts)
     config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="warning",
                             timeout_graceful_shutdown=opts.graceful_timeout_s)
     server = GracefulServer(config)
     print(f"rm-ds serve: {', '.join(models)} on http://{opts.host}:{opts.port}/ "
-          f"(auth {'on' if opts.api_key else 'off'})", flush=True)
+          f"({dtype}, auth {'on' if opts.api_key else 'off'})", flush=True)
     server.run()
     print("rm-ds serve: stopped", flush=True)
