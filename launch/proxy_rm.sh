@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The gold-labelled proxy-RM pipeline in one command: sample -> label -> train -> match.
 #   bash launch/proxy_rm.sh [key.sub=value ...]        (overrides go to the proxy's `rm-ds train --config proxy`)
+# The proxy is trained with --config proxy (the published recipe) plus PROXY_OVERRIDES, by default
+#   train.global_batch_pairs=16 train.lr=2e-5 train.epochs=3 model.dtype=bf16-mixed deepspeed.config=zero0
+# because the published global batch 64 x one epoch on ~300 pairs is ~5 optimizer steps (the proxy stays
+# near chance); PROXY_OVERRIDES= (empty) trains the published recipe as shipped.
 # Environment: PROMPTS (training prompts, default 300), HELDOUT (held-out prompts, 100), N (responses per
 # prompt, 2), MAX_NEW_TOKENS (48), SEED (0), GOLD (gold RM folder; default runs/default/export/final, trained
 # by the default run first if absent), POLICY (builtin:smollm2), OUT (runs/proxy), NPROC (ranks, 2).
@@ -13,6 +17,9 @@ cd "$(dirname "$0")/.."
 . launch/env.sh
 PROMPTS=${PROMPTS:-300} HELDOUT=${HELDOUT:-100} N=${N:-2} MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48} SEED=${SEED:-0}
 GOLD=${GOLD:-runs/default/export/final} POLICY=${POLICY:-builtin:smollm2} OUT=${OUT:-runs/proxy} NPROC=${NPROC:-2}
+PROXY_OVERRIDES=${PROXY_OVERRIDES-train.global_batch_pairs=16 train.lr=2e-5 train.epochs=3 model.dtype=bf16-mixed deepspeed.config=zero0}
+# label and match are single processes: give them every core (launch/env.sh pins one thread per rank)
+CORES=$(nproc --all)
 mkdir -p "$OUT"
 start=$(date +%s)
 ranks() { deepspeed --num_gpus "$NPROC" --master_addr 127.0.0.1 --master_port "$(free_port)" --module rm_ds.cli "$@"; }
@@ -28,18 +35,18 @@ for split in train heldout; do
   if [ "$split" = train ]; then src=builtin:wordnet/train n=$PROMPTS; else src=builtin:wordnet/eval n=$HELDOUT; fi
   stage "sampling $n $split prompts x $N from $POLICY"
   ranks sample --prompts "$src" --max-prompts "$n" --out "$OUT/${split}_samples.jsonl" --model "$POLICY" \
-    --num-responses "$N" --temperature 1.0 --top-p 1.0 --max-new-tokens "$MAX_NEW_TOKENS" --seed "$SEED" --batch-size 8
+    --num-responses "$N" --temperature 1.0 --top-p 1.0 --max-new-tokens "$MAX_NEW_TOKENS" --seed "$SEED" --batch-size 32
   stage "labelling $split responses with the gold RM $GOLD"
-  python -m rm_ds.cli label --gold "$GOLD" --samples "$OUT/${split}_samples.jsonl" \
+  OMP_NUM_THREADS=$CORES python -m rm_ds.cli label --gold "$GOLD" --samples "$OUT/${split}_samples.jsonl" \
     --out-scored "$OUT/${split}_labelled.jsonl" --out-pairs "$OUT/${split}_pairs.jsonl"
 done
 
 stage "training the proxy RM (--config proxy)"
 ranks train --config proxy data.train_path="$OUT/train_pairs.jsonl" data.eval_path="$OUT/heldout_pairs.jsonl" \
-  logging.run_dir="$OUT/rm" "$@"
+  logging.run_dir="$OUT/rm" $PROXY_OVERRIDES "$@"
 
 stage "matching proxy against gold"
-python -m rm_ds.cli match --proxy "$OUT/rm/export/final" --heldout "$OUT/heldout_labelled.jsonl" \
+OMP_NUM_THREADS=$CORES python -m rm_ds.cli match --proxy "$OUT/rm/export/final" --heldout "$OUT/heldout_labelled.jsonl" \
   --train "$OUT/train_labelled.jsonl" --out "$OUT/match" | tee "$OUT/match.txt"
 stage "done"
 grep "held-out match rate" "$OUT/match.txt"

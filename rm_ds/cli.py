@@ -128,7 +128,9 @@ def _add_proxy_commands(sub) -> None:
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     s.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens per response")
     s.add_argument("--seed", type=int, default=0, help="base seed; each prompt's seed is derived from it and its id")
-    s.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch (x n rows)")
+    s.add_argument("--batch-size", type=int, default=32, help="prompts per generation batch (x n rows)")
+    s.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
+                   help="policy weights: bf16 (AMX matmuls, ~2x faster decode here) or fp32")
     s.add_argument("--max-prompts", type=int, default=None, help="use only the first N distinct prompts")
     s.add_argument("--no-chat-template", action="store_true", help="feed the prompt text without the chat template")
     s.add_argument("--mpi", action="store_true", help="join the job through MPI (under mpirun), via mpi4py")

@@ -12,6 +12,7 @@ import torch
 from rm_ds.sampling import (
     SamplingParams,
     _filter_top_p,
+    draw_tokens,
     completed_batches,
     load_prompts,
     prompt_seed,
@@ -50,7 +51,7 @@ def test_same_seed_same_file_other_seed_other_file(tiny, tmp_path):
     r = rows[0]
     assert len(r["responses"]) == 2 and "rewards" not in r
     assert r["sampling"] == {"temperature": 1.0, "top_p": 0.9, "max_new_tokens": 6, "n": 2}
-    assert r["seed"] == prompt_seed(7, "p0") and r["policy"] == str(tiny / "model")
+    assert r["seed"] == prompt_seed(7, "p0") and r["policy"] == str(tiny / "model") and r["dtype"] == "bf16"
     assert r["responses"][0] != r["responses"][1]  # each response has its own generator
 
 
@@ -132,3 +133,10 @@ def test_duplicate_prompts_are_skipped_and_counted(tmp_path):
     f.write_text('{"id": "a", "prompt": ""}\n')
     with pytest.raises(ValueError, match="line 1: field 'prompt'"):
         load_prompts(str(f))
+
+
+def test_inverse_cdf_draw_skips_zero_probability_tokens():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.25, 0.25, 0.25, 0.25]])
+    assert draw_tokens(probs, torch.tensor([0.0, 0.0])).tolist() == [1, 0]
+    assert draw_tokens(probs, torch.tensor([0.5, 0.74])).tolist() == [3, 2]
+    assert draw_tokens(probs, torch.tensor([0.999999, 0.999999])).tolist() == [3, 3]
