@@ -5,7 +5,7 @@ RewardTrainer (plain python for one process, ``accelerate launch`` for two), on 
 
 Systems, per process layout (``PxT`` = P processes x T threads each):
   rm_ds       deepspeed --num_gpus P --module rm_ds.cli train --config default <overrides>
-              (the README's command; ZeRO-2 from the default config; prefix sharing on decoders)
+              (the README's command and default config; prefix sharing and packing on decoders)
   trl_ddp     TRL RewardTrainer; P=1: python, P>1: accelerate launch --multi_gpu (gloo DDP)
   trl_zero2   (not in the default --systems: does not run on CPU yet) TRL RewardTrainer with
               ``RewardConfig(deepspeed=<ZeRO-2 JSON>, ddp_backend="gloo")`` under the same accelerate
@@ -342,7 +342,8 @@ def run_one(system: str, *, procs: int, threads: int, model: str, model_path: st
                "--module", "rm_ds.cli", "train", "--config", "default", f"model.name_or_path={model_path}",
                f"data.train_path={data['train'][0]}", f"data.eval_path={data['eval'][0]}",
                "data.max_train_pairs=null", "data.max_eval_pairs=null", f"data.max_length={MAX_LENGTH}",
-               f"data.prefix_sharing={str(decoder).lower()}", f"train.seed={seed}", "eval.every_steps=0",
+               f"data.prefix_sharing={str(decoder).lower()}", f"data.packing={str(decoder).lower()}",
+               f"train.seed={seed}", "eval.every_steps=0",
                f"logging.run_dir={out_dir}", "logging.progress=false", *extra]
         m = measured(cmd, env, log)
         s = json.loads((out_dir / "summary.json").read_text())

@@ -22,8 +22,10 @@ DEFAULTS = {"HF_HUB_OFFLINE": "1", "TORCHDYNAMO_DISABLE": "1"}
 """Offline hub, no torch.compile JIT: kept when the user sets them."""
 FIXED = {"TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 """Always set: no tokenizer thread pools under forked ranks, no per-map progress bars."""
-CPU_DEFAULTS = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-"""Without a GPU: DeepSpeed's CPU accelerator, one thread per rank (oversubscription is several times slower)."""
+CPU_DEFAULTS = {"DS_ACCELERATOR": "cpu"}
+"""Without a GPU: DeepSpeed's CPU accelerator. Threads are not set here: every rank takes the node's cores divided
+by its ranks on the node (``rm_ds.dist.set_threads``; oversubscription is several times slower) unless
+OMP_NUM_THREADS is set."""
 RUNTIME = {**DEFAULTS, **FIXED, **CPU_DEFAULTS}
 """Every value above: what a CPU rank runs with (tests and benchmarks set all of them)."""
 SETTINGS = ("RM_DS_HOME", "HF_HOME", *RUNTIME, "MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
