@@ -163,12 +163,13 @@ def fitting_pairs(pairs: list[dict], tokenizer, n: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p.jsonl"
         path.write_text("".join(json.dumps(p) + "\n" for p in head))
-        ds, _ = load_pairs(str(path))
+        ds, report = load_pairs(str(path))
         tok, _ = tokenize_pairs(ds, tokenizer, TokenizeOptions(max_length=MAX_LENGTH, overlong="drop"))
-        status = list(tok["status"])
-    if len(status) != len(head):
-        raise RuntimeError(f"tokenisation returned {len(status)} rows for {len(head)} pairs")
-    return [p for p, s in zip(head, status) if s == "ok"][:n]
+        ok = {row for row, s in zip(ds["row"], tok["status"]) if s == "ok"}  # 1-based file lines
+    if report.skipped:  # rows load_pairs refused (e.g. chosen == rejected) are left out, counted here
+        print(f"data: {sum(report.skipped.values())} of {len(head)} candidate pairs refused by load_pairs: "
+              f"{report.skipped}", flush=True)
+    return [p for i, p in enumerate(head, start=1) if i in ok][:n]
 
 
 def prepare(work: Path, *, models: list[str], datasets: list[str], n_train: int, n_eval: int) -> dict:

@@ -7,7 +7,8 @@
 # near chance); PROXY_OVERRIDES= (empty) trains the published recipe as shipped.
 # Environment: PROMPTS (training prompts, default 300), HELDOUT (held-out prompts, 100), N (responses per
 # prompt, 2), MAX_NEW_TOKENS (48), SEED (0), GOLD (gold RM folder; default runs/default/export/final, trained
-# by the default run first if absent), POLICY (builtin:smollm2), OUT (runs/proxy), NPROC (ranks, 2).
+# by the default run first if absent), POLICY (builtin:smollm2), OUT (runs/proxy), NPROC (ranks, 1: on a CPU
+# machine one rank on every core trained fastest, README "The product against TRL").
 # Prompts are WordNet's (builtin:wordnet/train for training, builtin:wordnet/eval held out: disjoint words).
 # Every stage is resumable or idempotent: rerunning after a kill continues.
 set -euo pipefail
@@ -16,9 +17,9 @@ cd "$(dirname "$0")/.."
 # shellcheck source=launch/env.sh
 . launch/env.sh
 PROMPTS=${PROMPTS:-300} HELDOUT=${HELDOUT:-100} N=${N:-2} MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48} SEED=${SEED:-0}
-GOLD=${GOLD:-runs/default/export/final} POLICY=${POLICY:-builtin:smollm2} OUT=${OUT:-runs/proxy} NPROC=${NPROC:-2}
+GOLD=${GOLD:-runs/default/export/final} POLICY=${POLICY:-builtin:smollm2} OUT=${OUT:-runs/proxy} NPROC=${NPROC:-1}
 PROXY_OVERRIDES=${PROXY_OVERRIDES-train.global_batch_pairs=16 train.lr=2e-5 train.epochs=3 model.dtype=bf16-mixed deepspeed.config=zero0}
-# label and match are single processes: give them every core (launch/env.sh pins one thread per rank)
+# label and match are single processes: every core (also what rm_ds.dist.set_threads picks when nothing is set)
 CORES=$(nproc --all)
 mkdir -p "$OUT"
 start=$(date +%s)

@@ -254,9 +254,11 @@ def main_rank_first(info: DistInfo):
 
 
 def set_threads(info: DistInfo) -> None:
-    """One rank per core unless OMP_NUM_THREADS says otherwise (oversubscription is 7x slower)."""
+    """The cores this process may use (its CPU affinity: a Slurm or taskset allocation, else the machine), shared
+    out between the ranks on the node, unless OMP_NUM_THREADS says otherwise (oversubscription is 7x slower)."""
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, info.local_world_size)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // max(1, info.local_world_size)))
 
 
 def shutdown(exit_code: int = 0) -> None:

@@ -6,14 +6,15 @@
 # (--signal=B:USR1@120); `scancel --batch --signal=USR1 JOBID` sends it by hand. A preemption under
 # PreemptMode=REQUEUE, `scontrol requeue` or a node failure requeue the job (--requeue) without it.
 # The job starts again with the same arguments, which end in resume=auto: it continues from its
-# latest complete checkpoint. Ranks per node: NPROC_PER_NODE, else the node's GPUs, else --cpus-per-task.
+# latest complete checkpoint. Ranks per node: NPROC_PER_NODE, else the node's GPUs, else 1 (a CPU node: one rank on
+# all its allocated cores, measured faster than a rank per core).
 set -euo pipefail
 : "${SLURM_JOB_ID:?run inside a Slurm job, e.g. sbatch slurm/train.sbatch --config default}"
 NNODES=${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}
 MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)}
 # from the job id: the same on every node, different for jobs (and array tasks) sharing a node
 MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
-NPROC_PER_NODE=${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-${SLURM_CPUS_PER_TASK:-1}}}
+NPROC_PER_NODE=${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-1}}
 export NNODES MASTER_ADDR MASTER_PORT NPROC_PER_NODE
 unset NODE_RANK  # each node takes its own from SLURM_NODEID (a value from the submitting shell would be wrong)
 
