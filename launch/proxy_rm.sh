@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 PROMPTS=${PROMPTS:-300} HELDOUT=${HELDOUT:-100} N=${N:-2} MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48} SEED=${SEED:-0}
 GOLD=${GOLD:-runs/default/export/final} POLICY=${POLICY:-builtin:smollm2} OUT=${OUT:-runs/proxy} NPROC=${NPROC:-1}
 PROXY_OVERRIDES=${PROXY_OVERRIDES-train.global_batch_pairs=16 train.lr=2e-5 train.epochs=3 model.dtype=bf16-mixed deepspeed.config=zero0}
+read -r -a proxy_overrides <<< "$PROXY_OVERRIDES"  # space-separated key=value words; empty: none
 # label and match are single processes: every core (also what rm_ds.dist.set_threads picks when nothing is set)
 CORES=$(nproc --all)
 mkdir -p "$OUT"
@@ -44,7 +45,7 @@ done
 
 stage "training the proxy RM (--config proxy)"
 ranks train --config proxy data.train_path="$OUT/train_pairs.jsonl" data.eval_path="$OUT/heldout_pairs.jsonl" \
-  logging.run_dir="$OUT/rm" $PROXY_OVERRIDES "$@"
+  logging.run_dir="$OUT/rm" "${proxy_overrides[@]}" "$@"
 
 stage "matching proxy against gold"
 OMP_NUM_THREADS=$CORES python -m rm_ds.cli match --proxy "$OUT/rm/export/final" --heldout "$OUT/heldout_labelled.jsonl" \
