@@ -7,13 +7,15 @@ Systems, per process layout (``PxT`` = P processes x T threads each):
   rm_ds       deepspeed --num_gpus P --module rm_ds.cli train --config default <overrides>
               (the README's command and default config; prefix sharing and packing on decoders)
   trl_ddp     TRL RewardTrainer; P=1: python, P>1: accelerate launch --multi_gpu (gloo DDP)
-  trl_zero2   (not in the default --systems: does not run on CPU yet) TRL RewardTrainer with
-              ``RewardConfig(deepspeed=<ZeRO-2 JSON>, ddp_backend="gloo")`` under the same accelerate
-              launch, the process group created over gloo first. ``accelerate launch --use_deepspeed`` on a
-              CPU host silently ran plain DDP here (the script checks that DeepSpeed really ran, and the
-              process and thread counts); with the Trainer's own DeepSpeed path, training starts but
-              accelerate's state still believes in a world of one and TRL's metrics gather fails
-              ("ProcessGroupGloo::allgather: invalid output tensor list ... expected length 2, got 1").
+  trl_zero2   (P>1 only) TRL RewardTrainer with ``RewardConfig(deepspeed=<ZeRO-2 JSON>)`` under the same
+              accelerate launch. Two CPU-host workarounds: ``accelerate launch --use_deepspeed`` silently ran
+              plain DDP here, and with a DeepSpeed config the Trainer builds accelerate's state without a
+              backend (it drops ``ddp_backend``), a world of one whose metrics gather fails ("ProcessGroupGloo::
+              allgather: ... expected length 2, got 1"). So the worker builds that state first (DeepSpeed over
+              gloo) and hands it over (``accelerator_config={"use_configured_state": True}``), and lets the
+              Trainer's GPU-only bf16 check pass: DeepSpeed's bf16 (bf16 weights, fp32 master copy in its
+              optimizer, TRL's precision under DeepSpeed) runs on CPU. The script checks that DeepSpeed really
+              ran, and the process and thread counts.
 
 Held equal: the model folder and its initial head (seeded the same way), the pairs and token stream
 (rm_ds's tokenisation: ``tokenizer(prompt)`` + ``tokenizer("\\n" + response) + [eos]``; TRL gets the
@@ -233,10 +235,17 @@ def trl_worker(spec: dict) -> None:
     torch.manual_seed(spec["seed"])  # the head's initialisation, as rm_ds seeds it
     model = build_reward_model(mcfg, pad_token_id=pad)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if spec.get("deepspeed") and world > 1:  # the gloo workaround: accelerate finds no backend on a CPU host
-        import torch.distributed as tdist
+    if spec.get("deepspeed") and world > 1:
+        # the gloo workaround: with a DeepSpeed config the Trainer builds accelerate's state without a backend
+        # (it drops ddp_backend), which on a CPU host means a world of one. Build it first, DeepSpeed over gloo,
+        # and let the Trainer use it (accelerator_config use_configured_state). Its bf16 check knows GPUs only:
+        # DeepSpeed's bf16 runs on CPU (rm_ds's engine tests use it).
+        import transformers.training_args
+        from accelerate import PartialState
 
-        tdist.init_process_group("gloo")
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+        transformers.training_args.is_torch_bf16_gpu_available = lambda: True
     steps = math.ceil(len(train) / PAIRS_PER_STEP)
     timing = {"step": 0.0, "collate": 0.0, "t0": None, "steps": 0}
     collator = DataCollatorForPreference(pad_token_id=pad)
@@ -262,7 +271,8 @@ def trl_worker(spec: dict) -> None:
         gradient_checkpointing=False, bf16=spec["bf16"], fp16=False, use_cpu="deepspeed" not in spec,
         logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[], seed=spec["seed"],
         dataloader_num_workers=0, disable_dropout=spec["dropout"] == 0.0, ddp_backend="gloo" if world > 1 else None,
-        deepspeed=spec.get("deepspeed"))
+        deepspeed=spec.get("deepspeed"),
+        accelerator_config={"use_configured_state": True} if spec.get("deepspeed") and world > 1 else None)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train), processing_class=tok,
                             data_collator=timed_collate, callbacks=[Clock()])
     trainer.train()
@@ -390,9 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="minilm,llama12m", help="comma list of minilm, llama12m")
     ap.add_argument("--datasets", default="wordnet,pydoc", help="comma list of wordnet, pydoc")
     ap.add_argument("--layouts", default="1x2,2x1", help="comma list of PROCESSESxTHREADS")
-    ap.add_argument("--systems", default="rm_ds,trl_ddp",
-                    help="comma list of " + ", ".join(SYSTEMS)
-                    + " (trl_zero2 does not run on CPU yet: see the docstring)")
+    ap.add_argument("--systems", default="rm_ds,trl_ddp,trl_zero2",
+                    help="comma list of " + ", ".join(SYSTEMS) + " (trl_zero2 at layouts of 2+ processes only)")
     ap.add_argument("--max-pairs", type=int, default=3000, help="training pairs per run (one epoch)")
     ap.add_argument("--eval-pairs", type=int, default=1000, help="held-out pairs scored at the end")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (speed: medians)")

@@ -3,9 +3,12 @@
 #   bash launch/proxy_rm.sh [key.sub=value ...]        (overrides go to the proxy's `rm-ds train --config proxy`)
 # The proxy is trained with --config proxy (the published recipe) plus PROXY_OVERRIDES, by default
 #   train.global_batch_pairs=16 train.lr=2e-5 train.epochs=3 model.dtype=bf16-mixed deepspeed.config=zero0
+#   data.pref_field=gold_pref
 # because the published global batch 64 x one epoch on ~300 pairs is ~5 optimizer steps (the proxy stays
-# near chance); PROXY_OVERRIDES= (empty) trains the published recipe as shipped.
-# Environment: PROMPTS (training prompts, default 300), HELDOUT (held-out prompts, 100), N (responses per
+# near chance), and the gold's own probability as a soft label (gold_pref, written by rm-ds label) generalised
+# better than hard winners here (README "Proxy reward models"); PROXY_OVERRIDES= (empty) trains the published
+# recipe as shipped.
+# Environment: PROMPTS (training prompts, default 300), HELDOUT (held-out prompts, 300), N (responses per
 # prompt, 2), MAX_NEW_TOKENS (48), SEED (0), GOLD (gold RM folder; default runs/default/export/final, trained
 # by the default run first if absent), POLICY (builtin:smollm2), OUT (runs/proxy), NPROC (ranks, 1: on a CPU
 # machine one rank on every core trained fastest, README "The product against TRL").
@@ -16,9 +19,9 @@ cd "$(dirname "$0")/.."
 [ -n "${RM_DS_SKIP_SETUP:-}" ] || bash launch/setup.sh
 # shellcheck source=launch/env.sh
 . launch/env.sh
-PROMPTS=${PROMPTS:-300} HELDOUT=${HELDOUT:-100} N=${N:-2} MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48} SEED=${SEED:-0}
+PROMPTS=${PROMPTS:-300} HELDOUT=${HELDOUT:-300} N=${N:-2} MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48} SEED=${SEED:-0}
 GOLD=${GOLD:-runs/default/export/final} POLICY=${POLICY:-builtin:smollm2} OUT=${OUT:-runs/proxy} NPROC=${NPROC:-1}
-PROXY_OVERRIDES=${PROXY_OVERRIDES-train.global_batch_pairs=16 train.lr=2e-5 train.epochs=3 model.dtype=bf16-mixed deepspeed.config=zero0}
+PROXY_OVERRIDES=${PROXY_OVERRIDES-train.global_batch_pairs=16 train.lr=2e-5 train.epochs=3 model.dtype=bf16-mixed deepspeed.config=zero0 data.pref_field=gold_pref}
 read -r -a proxy_overrides <<< "$PROXY_OVERRIDES"  # space-separated key=value words; empty: none
 # label and match are single processes: every core (also what rm_ds.dist.set_threads picks when nothing is set)
 CORES=$(nproc --all)
@@ -48,7 +51,8 @@ ranks train --config proxy data.train_path="$OUT/train_pairs.jsonl" data.eval_pa
   logging.run_dir="$OUT/rm" "${proxy_overrides[@]}" "$@"
 
 stage "matching proxy against gold"
+# the proxy scores under bf16 autocast (AMX matmuls; rewards within ~1e-3 of fp32); the gold labels in fp32
 OMP_NUM_THREADS=$CORES python -m rm_ds.cli match --proxy "$OUT/rm/export/final" --heldout "$OUT/heldout_labelled.jsonl" \
-  --train "$OUT/train_labelled.jsonl" --out "$OUT/match" | tee "$OUT/match.txt"
+  --train "$OUT/train_labelled.jsonl" --out "$OUT/match" --dtype bf16 | tee "$OUT/match.txt"
 stage "done"
 grep "held-out match rate" "$OUT/match.txt"

@@ -6,8 +6,8 @@ packing, uneven ranks) that weights pairs unequally. Here each step first sums t
 ranks once (N), then every micro-step backpropagates ``sum(per-pair loss) * world_size / N`` with
 DeepSpeed's own 1/GAS scaling turned off. After DeepSpeed's mean over ranks the accumulated gradient
 is exactly the gradient of (1/N) * sum over all N pairs of the step, however they were split.
-On ZeRO-0 in fp32 rm_ds sums the gradients over ranks itself (in place, ``dist.all_reduce_sum_``) and
-clips them once, so there the scale is ``1 / N``.
+On ZeRO-0 in fp32 rm_ds sums the gradients over ranks itself (in place, ``dist.all_reduce_sum_``; the
+embedding tables by the rows a step touched only) and clips them once, so there the scale is ``1 / N``.
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
             nonfinite = i
         engine.backward(micro_loss * scale, scale_wrt_gas=False)
         if i == len(micro_batches) - 1 and own_reduce:
-            grads = _grads(engine)
-            dist.all_reduce_sum_(grads)
+            grads, row_sparse = _grads(engine)
+            dist.all_reduce_sum_(grads, row_sparse=row_sparse)
             own_norm = _clip(grads, max_grad_norm)
         elif i == len(micro_batches) - 1 and zero_stage(engine.config) == 0:
             # DeepSpeed's bf16 ZeRO-0 may clip without keeping the norm
@@ -194,16 +194,21 @@ def train_step(engine, micro_batches: list[dict], *, loss_fn: LossFn, world_size
                      lr=float(engine.get_lr()[0]), nonfinite_micro=nonfinite)
 
 
-def _grads(engine) -> list[torch.Tensor]:
+def _grads(engine) -> tuple[list[torch.Tensor], tuple[int, ...]]:
     """Every trainable parameter's gradient, zeros where a rank's micro-batches did not reach a parameter
-    (so that every rank all-reduces the same list)."""
-    out = []
+    (so that every rank all-reduces the same list), and the positions of the embedding tables among them
+    (row-sparse: a step's gradient is non-zero only in the rows of the tokens it read)."""
+    tables = {id(m.weight) for m in engine.module.modules() if isinstance(m, torch.nn.Embedding)}
+    out, row_sparse = [], []
     for p in engine.module.parameters():
         if p.requires_grad:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+            dense_table = id(p) in tables and p.dim() == 2 and p.grad.layout == torch.strided
+            if dense_table and p.numel() >= dist.GRAD_BUCKET_MIN:
+                row_sparse.append(len(out))
             out.append(p.grad)
-    return out
+    return out, tuple(row_sparse)
 
 
 def _clip(grads: list[torch.Tensor], max_norm: float) -> float:

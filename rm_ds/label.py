@@ -11,7 +11,9 @@ its key, so an order change anywhere between reading and scoring cannot misplace
 
 ``--out-pairs`` holds one pair per two responses of a prompt (all i < j; the usual n = 2 gives one):
 the higher gold reward is ``chosen``; ``gold_chosen``/``gold_rejected`` record both rewards and, with
-``--margin``, ``margin`` is their difference (train with ``data.margin_field=margin``). A pair whose
+``--margin``, ``margin`` is their difference (train with ``data.margin_field=margin``); ``gold_pref`` is the
+gold's own Bradley-Terry probability that ``chosen`` wins, sigmoid(gold_chosen - gold_rejected), a soft label
+(train with ``data.pref_field=gold_pref`` to distil the gold's confidence instead of hard winners). A pair whose
 gold rewards differ by at most ``tie_eps`` is a tie: skipped and counted, and the tie rate printed;
 so are pairs of identical or empty responses, which a pair file cannot hold.
 """
@@ -19,6 +21,7 @@ so are pairs of identical or empty responses, which a pair file cannot hold.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,7 +163,8 @@ def make_pairs(rows: list[dict], *, tie_eps: float = 0.0, margin: bool = False) 
                     continue
                 c, w = (i, j) if rew[i] > rew[j] else (j, i)
                 pair = {"id": f"{r['id']}:{c}>{w}", "prompt": r["prompt"], "chosen": resp[c], "rejected": resp[w],
-                        "gold_chosen": rew[c], "gold_rejected": rew[w]}
+                        "gold_chosen": rew[c], "gold_rejected": rew[w],
+                        "gold_pref": 1.0 / (1.0 + math.exp(-(rew[c] - rew[w])))}
                 if margin:
                     pair["margin"] = rew[c] - rew[w]
                 if "source" in r:
@@ -200,7 +204,7 @@ def main(args) -> int:
     """The ``rm-ds label`` entry (args from rm_ds.cli)."""
     from rm_ds.scoring import load_scorer
 
-    scorer = load_scorer(args.gold, step=args.step)
+    scorer = load_scorer(args.gold, step=args.step, dtype=args.dtype)
     stats = label(args.samples, scorer.score_responses, out_scored=args.out_scored, out_pairs=args.out_pairs,
                   tie_eps=args.tie_eps, margin=args.margin, gold=args.gold, objective=args.objective)
     print(f"label: {stats.summary()}", flush=True)

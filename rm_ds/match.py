@@ -57,6 +57,32 @@ def pairwise_agreement(proxy: list[list[float]], gold: list[list[float]], *, tie
     return (hits / n if n else math.nan), n
 
 
+def agreement_by_gold_gap(proxy: list[list[float]], gold: list[list[float]], *, tie_eps: float = 0.0,
+                          bins: int = 4) -> list[dict[str, float]]:
+    """``pairwise_agreement`` within quantile bins of the gold difference |gold_i - gold_j| (smallest first).
+
+    Where the gold rewards of two responses are nearly equal, its own preference is close to a coin flip and so
+    is any proxy's agreement with it; a good proxy climbs towards 1 in the top bins. Bin edges are the
+    quantiles of the gaps; each row holds its range, pair count and match rate."""
+    gaps, hits = [], []
+    for p, g in zip(proxy, gold, strict=True):
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                dg, dp = g[i] - g[j], p[i] - p[j]
+                if abs(dg) > tie_eps:
+                    gaps.append(abs(dg))
+                    hits.append(0.5 if dp == 0 else float((dp > 0) == (dg > 0)))
+    if not gaps:
+        return []
+    gaps_a, hits_a = np.asarray(gaps), np.asarray(hits)
+    order = np.argsort(gaps_a, kind="stable")
+    out = []
+    for part in np.array_split(order, min(bins, len(order))):
+        out.append({"gap_min": float(gaps_a[part].min()), "gap_max": float(gaps_a[part].max()),
+                    "n_pairs": int(len(part)), "match_rate": float(hits_a[part].mean())})
+    return out
+
+
 def average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks, ties sharing the mean of their positions (scipy.stats.rankdata's 'average')."""
     x = np.asarray(x, dtype=np.float64)
@@ -132,6 +158,7 @@ def match_figures(proxy: list[list[float]], gold: list[list[float]], *, tie_eps:
     p = np.array([v for row in proxy for v in row], dtype=np.float64)
     g = np.array([v for row in gold for v in row], dtype=np.float64)
     return {"match_rate": rate, "n_pairs": n_pairs, "n_responses": len(g), "spearman": spearman(p, g),
+            "match_by_gold_gap": agreement_by_gold_gap(proxy, gold, tie_eps=tie_eps),
             "kendall": kendall_tau_b(p, g), **spread_ratios(p, g),
             "proxy_mean": float(p.mean()), "proxy_std": float(p.std()), "gold_mean": float(g.mean()),
             "gold_std": float(g.std())}
@@ -212,7 +239,7 @@ def run_match(splits: dict[str, str], score: ScoreFn, *, out: str | Path, tie_ep
             logger.image(f"match/scatter_{split}", scatter_png(
                 p, g, title=f"{split}: match {figures[split]['match_rate']:.3f}, "
                             f"spearman {figures[split]['spearman']:.3f}"), 0, filename=f"scatter_{split}.png")
-            logger.log(f"match_{split}", 0, figures[split])
+            logger.log(f"match_{split}", 0, {k: v for k, v in figures[split].items() if k != "match_by_gold_gap"})
         findings = diagnose(figures)
         result = {"proxy": proxy_name, "files": splits, "tie_eps": tie_eps, "figures": figures,
                   "diagnosis": findings,
@@ -229,6 +256,10 @@ def format_report(result: dict) -> str:
     keys = ("match_rate", "n_pairs", "spearman", "kendall", "spread_std", "spread_iqr", "proxy_std", "gold_std")
     for split, f in result["figures"].items():
         lines.append(f"{split:8s} " + "  ".join(f"{k} {f[k]:.4g}" for k in keys))
+        if f.get("match_by_gold_gap"):
+            lines.append(f"{split:8s} match rate by gold gap (quartiles, smallest first): " + ", ".join(
+                f"{b['gap_min']:.3g}-{b['gap_max']:.3g}: {b['match_rate']:.3f} ({b['n_pairs']})"
+                for b in f["match_by_gold_gap"]))
     lines += [f"diagnosis: {d}" for d in result["diagnosis"]] or ["diagnosis: all checks passed"]
     if "heldout" in result["figures"]:
         lines.append(f"held-out match rate: {result['figures']['heldout']['match_rate']:.4f}")
@@ -242,7 +273,7 @@ def main(args) -> int:
     splits = {"heldout": args.heldout}
     if args.train:
         splits["train"] = args.train
-    scorer = load_scorer(args.proxy, step=args.step)
+    scorer = load_scorer(args.proxy, step=args.step, dtype=args.dtype)
     result = run_match(splits, scorer.score_responses, out=args.out, tie_eps=args.tie_eps, proxy_name=args.proxy)
     print(format_report(result), flush=True)
     print(f"match: wrote {Path(args.out) / 'match.json'}", flush=True)

@@ -9,6 +9,7 @@ from scipy import stats
 
 from rm_ds.label import LabelError, label, make_pairs, read_scored, score_rows
 from rm_ds.match import (
+    agreement_by_gold_gap,
     diagnose,
     kendall_tau_b,
     match_figures,
@@ -87,9 +88,25 @@ def test_ties_are_counted_exactly():
     assert st.tie_rate == pytest.approx(2 / 6)
     assert [p["id"] for p in pairs] == ["q1:1>0", "q1:1>2", "q3:0>1"]
     assert pairs[2] == {"id": "q3:0>1", "prompt": "p", "chosen": "a", "rejected": "b", "gold_chosen": 0.0,
-                        "gold_rejected": -0.5, "margin": 0.5, "source": "s"}
+                        "gold_rejected": -0.5, "margin": 0.5, "source": "s",
+                        "gold_pref": pytest.approx(1 / (1 + np.exp(-0.5)))}  # the gold's BT probability
     assert make_pairs(rows, tie_eps=0.0)[1].skipped == {"identical responses": 1}
     assert "margin" not in make_pairs(rows)[0][0]
+
+
+def test_gold_pref_trains_as_a_soft_label(tmp_path):
+    """The pair file rm-ds label writes loads with data.pref_field=gold_pref: pref is the gold's probability."""
+    from rm_ds.data import load_pairs
+    from rm_ds.formats import FormatOptions
+    from rm_ds.label import write_jsonl
+
+    rows = [{"id": "a", "prompt": "p", "responses": ["x", "y"], "rewards": [0.2, 1.4]},
+            {"id": "b", "prompt": "q", "responses": ["u", "v"], "rewards": [-1.0, -3.0]}]
+    pairs, _ = make_pairs(rows)
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    ds, _ = load_pairs(str(tmp_path / "pairs.jsonl"), options=FormatOptions(pref_field="gold_pref"))
+    assert list(ds["chosen"]) == ["y", "u"]
+    assert list(ds["pref"]) == pytest.approx([1 / (1 + np.exp(-1.2)), 1 / (1 + np.exp(-2.0))])
 
 
 def test_read_scored_names_line_and_field(tmp_path):
@@ -115,6 +132,22 @@ def test_match_figures_hand_worked():
     assert f["spread_iqr"] == pytest.approx((2.75 - 1.0) / (2.75 - 0.25))
     assert f["spearman"] == pytest.approx(stats.spearmanr(p, g).statistic)
     assert f["kendall"] == pytest.approx(stats.kendalltau(p, g).statistic)
+
+
+def test_match_rate_by_gold_gap_hand_worked():
+    """Same example: the 5 gold-ordered pairs have gaps (0,1):1 (0,2):2 (1,2):1 / (0,2):5 (1,2):5 and the proxy
+    agrees on all but (1,2) of the first prompt. Sorted by gap (stable): 1 yes, 1 no, 2 yes, 5 yes, 5 yes;
+    2 bins: [1 yes, 1 no, 2 yes] -> 2/3 over gaps 1-2, [5, 5] -> 1.0; the counts add up to the 5 pairs."""
+    proxy, gold = [[1, 3, 2], [1, 1, 4]], [[1, 2, 3], [0, 0, 5]]
+    bins = agreement_by_gold_gap(proxy, gold, bins=2)
+    assert bins == [{"gap_min": 1.0, "gap_max": 2.0, "n_pairs": 3, "match_rate": pytest.approx(2 / 3)},
+                    {"gap_min": 5.0, "gap_max": 5.0, "n_pairs": 2, "match_rate": 1.0}]
+    assert match_figures(proxy, gold)["match_by_gold_gap"] == agreement_by_gold_gap(proxy, gold)  # 4 bins
+    assert agreement_by_gold_gap(proxy, gold, tie_eps=1.0) == [  # gaps <= 1 are ties: 3 pairs left
+        {"gap_min": 2.0, "gap_max": 2.0, "n_pairs": 1, "match_rate": 1.0},
+        {"gap_min": 5.0, "gap_max": 5.0, "n_pairs": 1, "match_rate": 1.0},
+        {"gap_min": 5.0, "gap_max": 5.0, "n_pairs": 1, "match_rate": 1.0}]
+    assert agreement_by_gold_gap([[1, 2]], [[3, 3]]) == []
 
 
 @pytest.mark.parametrize("seed", range(4))
