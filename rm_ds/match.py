@@ -39,22 +39,24 @@ MIN_SPREAD = 0.5
 # ---------------------------------------------------------------- figures (pure numpy)
 
 
+def _ordered_pairs(proxy: list[list[float]], gold: list[list[float]], tie_eps: float):
+    """(|gold gap|, proxy hit) of every i < j within one prompt with |gold_i - gold_j| > tie_eps; a proxy tie
+    is a half hit."""
+    for p, g in zip(proxy, gold, strict=True):
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                dg, dp = g[i] - g[j], p[i] - p[j]
+                if abs(dg) > tie_eps:
+                    yield abs(dg), 0.5 if dp == 0 else float((dp > 0) == (dg > 0))
+
+
 def pairwise_agreement(proxy: list[list[float]], gold: list[list[float]], *, tie_eps: float = 0.0) -> tuple[float, int]:
     """(share of gold-ordered response pairs the proxy orders the same way, number of such pairs).
 
     Pairs are every i < j within one prompt with |gold_i - gold_j| > tie_eps; a proxy tie scores 1/2.
     """
-    hits, n = 0.0, 0
-    for p, g in zip(proxy, gold, strict=True):
-        for i in range(len(g)):
-            for j in range(i + 1, len(g)):
-                dg = g[i] - g[j]
-                if abs(dg) <= tie_eps:
-                    continue
-                dp = p[i] - p[j]
-                n += 1
-                hits += 0.5 if dp == 0 else float((dp > 0) == (dg > 0))
-    return (hits / n if n else math.nan), n
+    hits = [h for _, h in _ordered_pairs(proxy, gold, tie_eps)]
+    return (sum(hits) / len(hits) if hits else math.nan), len(hits)
 
 
 def agreement_by_gold_gap(proxy: list[list[float]], gold: list[list[float]], *, tie_eps: float = 0.0,
@@ -64,17 +66,10 @@ def agreement_by_gold_gap(proxy: list[list[float]], gold: list[list[float]], *, 
     Where the gold rewards of two responses are nearly equal, its own preference is close to a coin flip and so
     is any proxy's agreement with it; a good proxy climbs towards 1 in the top bins. Bin edges are the
     quantiles of the gaps; each row holds its range, pair count and match rate."""
-    gaps, hits = [], []
-    for p, g in zip(proxy, gold, strict=True):
-        for i in range(len(g)):
-            for j in range(i + 1, len(g)):
-                dg, dp = g[i] - g[j], p[i] - p[j]
-                if abs(dg) > tie_eps:
-                    gaps.append(abs(dg))
-                    hits.append(0.5 if dp == 0 else float((dp > 0) == (dg > 0)))
-    if not gaps:
+    pairs = list(_ordered_pairs(proxy, gold, tie_eps))
+    if not pairs:
         return []
-    gaps_a, hits_a = np.asarray(gaps), np.asarray(hits)
+    gaps_a, hits_a = np.asarray(pairs).T
     order = np.argsort(gaps_a, kind="stable")
     out = []
     for part in np.array_split(order, min(bins, len(order))):
