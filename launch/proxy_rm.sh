@@ -2,12 +2,14 @@
 # The gold-labelled proxy-RM pipeline in one command: sample -> label -> train -> match.
 #   bash launch/proxy_rm.sh [key.sub=value ...]        (overrides go to the proxy's `rm-ds train --config proxy`)
 # The proxy is trained with --config proxy (the published recipe) plus PROXY_OVERRIDES, by default
-#   train.global_batch_pairs=16 train.lr=2e-5 train.epochs=3 model.dtype=bf16-mixed deepspeed.config=zero0
-#   data.pref_field=gold_pref
+#   train.global_batch_pairs=16 train.lr=1e-4 train.epochs=3 model.dtype=bf16-mixed model.attn_implementation=eager
+#   deepspeed.config=zero0 data.pref_field=gold_pref
 # because the published global batch 64 x one epoch on ~300 pairs is ~5 optimizer steps (the proxy stays
 # near chance), and the gold's own probability as a soft label (gold_pref, written by rm-ds label) generalised
-# better than hard winners here (README "Proxy reward models"); PROXY_OVERRIDES= (empty) trains the published
-# recipe as shipped.
+# better than hard winners here (README "Proxy reward models"); eager attention because CPU SDPA's backward under
+# bf16 autocast was slower. PROXY_OVERRIDES= (empty) trains the published recipe as shipped.
+# The proxy's training runs no eval: rm-ds match scores the held-out prompts right after (the same pairs, in bf16),
+# where an fp32 eval inside training would repeat that for ~50 s; add data.eval_path=... to have it anyway.
 # Environment: PROMPTS (training prompts, default 300), HELDOUT (held-out prompts, 300), N (responses per
 # prompt, 2), MAX_NEW_TOKENS (48), SEED (0), GOLD (gold RM folder; default runs/default/export/final, trained
 # by the default run first if absent), POLICY (builtin:smollm2), OUT (runs/proxy), NPROC (ranks, 1: on a CPU
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 . launch/env.sh
 PROMPTS=${PROMPTS:-300} HELDOUT=${HELDOUT:-300} N=${N:-2} MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48} SEED=${SEED:-0}
 GOLD=${GOLD:-runs/default/export/final} POLICY=${POLICY:-builtin:smollm2} OUT=${OUT:-runs/proxy} NPROC=${NPROC:-1}
-PROXY_OVERRIDES=${PROXY_OVERRIDES-train.global_batch_pairs=16 train.lr=2e-5 train.epochs=3 model.dtype=bf16-mixed deepspeed.config=zero0 data.pref_field=gold_pref}
+PROXY_OVERRIDES=${PROXY_OVERRIDES-train.global_batch_pairs=16 train.lr=1e-4 train.epochs=3 model.dtype=bf16-mixed model.attn_implementation=eager deepspeed.config=zero0 data.pref_field=gold_pref}
 read -r -a proxy_overrides <<< "$PROXY_OVERRIDES"  # space-separated key=value words; empty: none
 # label and match are single processes: every core (also what rm_ds.dist.set_threads picks when nothing is set)
 CORES=$(nproc --all)
@@ -47,7 +49,7 @@ for split in train heldout; do
 done
 
 stage "training the proxy RM (--config proxy)"
-ranks train --config proxy data.train_path="$OUT/train_pairs.jsonl" data.eval_path="$OUT/heldout_pairs.jsonl" \
+ranks train --config proxy data.train_path="$OUT/train_pairs.jsonl" data.eval_path=null \
   logging.run_dir="$OUT/rm" "${proxy_overrides[@]}" "$@"
 
 stage "matching proxy against gold"
