@@ -11,7 +11,7 @@ setup(
     version="0.1.0",
     description="Exact, distributed Bradley-Terry reward-model training on DeepSpeed",
     packages=find_packages(include=["rm_ds", "rm_ds.*"]),
-    package_data={"rm_ds": ["configs/*.yaml", "web/*"]},
+    package_data={"rm_ds": ["configs/*.yaml", "serve/web/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

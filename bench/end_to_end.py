@@ -158,8 +158,8 @@ def pydoc_pairs(*, seed: int = 0) -> tuple[list[dict], list[dict]]:
 
 def fitting_pairs(pairs: list[dict], tokenizer, n: int) -> list[dict]:
     """The first ``n`` pairs whose both sequences fit MAX_LENGTH with rm_ds's tokenisation."""
-    from rm_ds.data import load_pairs
-    from rm_ds.tokenize import TokenizeOptions, tokenize_pairs
+    from rm_ds.data.pairs import load_pairs
+    from rm_ds.data.tokenize import TokenizeOptions, tokenize_pairs
 
     head = pairs[: 2 * n + 200]
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,7 +177,7 @@ def fitting_pairs(pairs: list[dict], tokenizer, n: int) -> list[dict]:
 def prepare(work: Path, *, models: list[str], datasets: list[str], n_train: int, n_eval: int) -> dict:
     """Model folders and train/eval JSONL files (only pairs that fit the cap untruncated)."""
     from rm_ds.builtin import build_tiny_llama, resolve_model, rm_ds_home
-    from rm_ds.dataset import resolve_data_path
+    from rm_ds.data.dataset import resolve_data_path
     from rm_ds.model import load_tokenizer
 
     paths = {}
@@ -217,9 +217,9 @@ def trl_worker(spec: dict) -> None:
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     from rm_ds.config import ModelConfig
-    from rm_ds.data import load_pairs
+    from rm_ds.data.pairs import load_pairs
     from rm_ds.model import build_reward_model, load_tokenizer, resolve_pad_token
-    from rm_ds.tokenize import TokenizeOptions, tokenize_pairs
+    from rm_ds.data.tokenize import TokenizeOptions, tokenize_pairs
 
     mcfg = ModelConfig(name_or_path=spec["model"], dropout=spec["dropout"])
     tok = load_tokenizer(mcfg.name_or_path)
@@ -337,7 +337,7 @@ def free_port() -> int:
 
 def run_one(system: str, *, procs: int, threads: int, model: str, model_path: str, data: dict, seed: int,
             work: Path, extra: list[str], dropout: float, bf16: bool) -> dict:
-    from rm_ds.runtime_env import RUNTIME  # launch/env.sh's CPU environment, then this run's thread count
+    from rm_ds.cluster.runtime_env import RUNTIME  # launch/env.sh's CPU environment, then this run's thread count
 
     env = {**os.environ, **RUNTIME, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}

@@ -1,5 +1,5 @@
 # python bench/eval_metrics_bench.py [--n 1000000] [--repeats 5]
-"""Time rm_ds.metrics.pairwise_metrics on N synthetic pairs on one core; target: under 2 s for 1M pairs.
+"""Time rm_ds.eval.metrics.pairwise_metrics on N synthetic pairs on one core; target: under 2 s for 1M pairs.
 
 Prints the median wall time over a few runs, the number of metric keys, and PASS/FAIL against the
 target (the exit status is 0 either way: this is a measurement, not a gate).
@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 # run as a plain script from the repo root: make `rm_ds` importable without PYTHONPATH
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from rm_ds.metrics import pairwise_metrics  # noqa: E402
+from rm_ds.eval.metrics import pairwise_metrics  # noqa: E402
 
 TARGET_S = 2.0
 SOURCES = np.array(["anthropic_hh", "helpsteer2", "shp", "ultrafeedback", "code_pairs", "math_pairs"])

@@ -7,7 +7,7 @@ Same model (the backbone with a seeded random 1-output head, saved as a plain HF
 WordNet eval pairs, same thread count, in one run:
 
 - naive: ``model(**tokenizer(prompt + "\\n" + response))`` once per response, as most tutorials do;
-- `rm-ds score --dtype fp32|bf16`: ``rm_ds.score_file.run`` on a JSONL file of the pairs (its own timer:
+- `rm-ds score --dtype fp32|bf16`: ``rm_ds.serve.score_file.run`` on a JSONL file of the pairs (its own timer:
   tokenisation, length-sorted micro-batches under the token budget, forwards; model load and file
   writing excluded);
 - server: real `rm-ds serve --dtype fp32` and `--dtype bf16` processes on 127.0.0.1, ``--clients``
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every path (medians)")
     args = ap.parse_args()
-    from rm_ds.runtime_env import DEFAULTS  # launch/env.sh's defaults (offline hub), unless set
+    from rm_ds.cluster.runtime_env import DEFAULTS  # launch/env.sh's defaults (offline hub), unless set
 
     for k, v in DEFAULTS.items():
         os.environ.setdefault(k, v)
@@ -129,8 +129,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from rm_ds.builtin import rm_ds_home
-    from rm_ds.score_file import run
-    from rm_ds.wordnet import build_wordnet_pairs
+    from rm_ds.serve.score_file import run
+    from rm_ds.data.wordnet import build_wordnet_pairs
 
     wn = rm_ds_home() / "data" / "wordnet"
     build_wordnet_pairs(wn)

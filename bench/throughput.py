@@ -19,7 +19,7 @@ same pairs; TRL: the same number of steps in random batches, as it samples). rm_
 product's sampler, collate, reward (``rm_ds.model.rewards``) and loss code; the step around them is
 ``--engine torch`` (default): plain torch AdamW + clip_grad_norm_ in one process, the machinery
 TRL's Trainer uses, so the comparison isolates the batch layout; or ``--engine deepspeed``: the
-product's ``rm_ds.engine.train_step`` on a single-process DeepSpeed ZeRO-0 engine (about 10% slower
+product's ``rm_ds.train.engine.train_step`` on a single-process DeepSpeed ZeRO-0 engine (about 10% slower
 per step at world size 1: DeepSpeed still flattens and "all-reduces" the gradients). Each (variant,
 round) is a fresh subprocess (peak RSS is per variant); rounds interleave the variants (a b c d e
 a b c d e ...); a run during which other processes took more than ``--quiet`` of the CPU is redone.
@@ -81,10 +81,10 @@ def long_prompt_pairs(pairs: list[dict], *, seed: int) -> list[dict]:
 def prepare(work: Path, *, n_pairs: int, models: list[str], datasets: list[str], seed: int) -> dict:
     """Model folders and tokenised pair files (rm_ds tokenisation, over-cap pairs dropped)."""
     from rm_ds.builtin import build_tiny_llama, resolve_model, rm_ds_home
-    from rm_ds.data import load_pairs
-    from rm_ds.dataset import resolve_data_path
+    from rm_ds.data.pairs import load_pairs
+    from rm_ds.data.dataset import resolve_data_path
     from rm_ds.model import load_tokenizer
-    from rm_ds.tokenize import TokenizeOptions, tokenize_pairs
+    from rm_ds.data.tokenize import TokenizeOptions, tokenize_pairs
 
     paths = {}
     for m in models:
@@ -141,14 +141,14 @@ class Window:
 
 
 def run_rm_ds(spec: dict) -> dict:
-    from rm_ds import dist
-    from rm_ds.collate import make_collate
+    from rm_ds.cluster import dist
+    from rm_ds.data.collate import make_collate
     from rm_ds.config import build_ds_config, load_config
-    from rm_ds.dataset import build_sampler
-    from rm_ds.engine import build_engine, train_step
-    from rm_ds.loss import make_loss_fn
+    from rm_ds.data.dataset import build_sampler
+    from rm_ds.train.engine import build_engine, train_step
+    from rm_ds.train.loss import make_loss_fn
     from rm_ds.model import build_reward_model, load_tokenizer, resolve_pad_token
-    from rm_ds.tokenize import eos_id, token_columns
+    from rm_ds.data.tokenize import eos_id, token_columns
 
     v, cap = spec["variant"], spec["max_length"]
     rows = json.loads(Path(spec["data"]).read_text())
@@ -182,7 +182,7 @@ def run_rm_ds(spec: dict) -> dict:
     else:  # plain torch around the same rewards/loss code: what TRL's Trainer does around its model
         import torch
 
-        from rm_ds.loss import bt_loss
+        from rm_ds.train.loss import bt_loss
         from rm_ds.model import rewards
 
         model.train()
@@ -280,7 +280,7 @@ def worker(spec: dict) -> None:
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print("RESULT " + json.dumps(result), flush=True)
     if spec["variant"] != "e" and spec["engine"] == "deepspeed":
-        from rm_ds import dist
+        from rm_ds.cluster import dist
 
         dist.shutdown(0)
 
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
               "x TRL columns empty", flush=True)
         variants.remove("e")
     models, datasets = args.models.split(","), args.datasets.split(",")
-    from rm_ds.runtime_env import RUNTIME  # launch/env.sh's CPU environment, then this benchmark's thread count
+    from rm_ds.cluster.runtime_env import RUNTIME  # launch/env.sh's CPU environment, then this benchmark's thread count
 
     env = {**os.environ, **RUNTIME, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TRANSFORMERS_OFFLINE": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}

@@ -25,7 +25,7 @@ PROMPTS=${PROMPTS:-300} HELDOUT=${HELDOUT:-300} N=${N:-2} MAX_NEW_TOKENS=${MAX_N
 GOLD=${GOLD:-runs/default/export/final} POLICY=${POLICY:-builtin:smollm2} OUT=${OUT:-runs/proxy} NPROC=${NPROC:-1}
 PROXY_OVERRIDES=${PROXY_OVERRIDES-train.global_batch_pairs=16 train.lr=1e-4 train.epochs=3 model.dtype=bf16-mixed model.attn_implementation=eager deepspeed.config=zero0 data.pref_field=gold_pref}
 read -r -a proxy_overrides <<< "$PROXY_OVERRIDES"  # space-separated key=value words; empty: none
-# label and match are single processes: every core (also what rm_ds.dist.set_threads picks when nothing is set)
+# label and match are single processes: every core (also what rm_ds.cluster.dist.set_threads picks when nothing is set)
 CORES=$(nproc --all)
 mkdir -p "$OUT"
 start=$(date +%s)

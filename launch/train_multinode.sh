@@ -27,7 +27,7 @@ export MASTER_ADDR MASTER_PORT
 # KEY=VALUE lines of the file DS_ENV_FILE names: hand it the run-time environment of launch/env.sh.
 envfile=$(mktemp "${TMPDIR:-/tmp}/rm_ds_env.XXXXXX")
 trap 'rm -f "$envfile"' EXIT
-for v in $RM_DS_SETTINGS; do  # the list of launch/env.sh (rm_ds/runtime_env.py SETTINGS)
+for v in $RM_DS_SETTINGS; do  # the list of launch/env.sh (rm_ds/cluster/runtime_env.py SETTINGS)
   if [ -n "${!v:-}" ]; then echo "$v=${!v}"; fi
 done > "$envfile"
 

@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from rm_ds.config import ConfigError, load_config
-from rm_ds.data import DataError
+from rm_ds.data.pairs import DataError
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config value or key (argparse uses 2 for a bad command line too)."""
@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     except DataError as e:
         _fail(f"rm-ds: data error: {e}", EXIT_DATA_ERROR)
     except RuntimeError as e:
-        from rm_ds import dist
-        from rm_ds.faults import NonFiniteStep
+        from rm_ds.cluster import dist
+        from rm_ds.train.faults import NonFiniteStep
 
         if isinstance(e, NonFiniteStep):
             _fail(f"rm-ds: {e}", EXIT_NON_FINITE)
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    from rm_ds import dist
+    from rm_ds.cluster import dist
 
     dist.exit_with_error(message, code)
 
@@ -199,53 +199,52 @@ def _main(argv: list[str] | None) -> None:
     if args.command in ("train", "eval"):
         cfg = load_config(args.config, args.overrides)
         if args.mpi:
-            from rm_ds import dist
+            from rm_ds.cluster import dist
 
             # train/eval then find the process group already formed
             dist.init(mpi_discovery=True, timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
-        from rm_ds.train import main as train_main
+        from rm_ds.train.recipe import main as train_main
 
         train_main(cfg, command=args.command)
     elif args.command == "compare":
-        from rm_ds.compare import main as compare_main
+        from rm_ds.eval.compare import main as compare_main
 
         sys.exit(compare_main(args.runs, out=args.out))
     elif args.command == "sample":
-        from rm_ds.sampling import SampleError
-        from rm_ds.sampling import main as sample_main
+        from rm_ds.proxy.sample import SampleError
+        from rm_ds.proxy.sample import main as sample_main
 
         try:
             sys.exit(sample_main(args))
         except SampleError as e:
             sys.exit(f"rm-ds sample: {e}")
     elif args.command in ("label", "match"):
-        from rm_ds.label import LabelError
+        from rm_ds.proxy.label import LabelError
 
-        module = __import__(f"rm_ds.{args.command}", fromlist=["main"])
+        if args.command == "label":
+            from rm_ds.proxy.label import main as command_main
+        else:
+            from rm_ds.proxy.match import main as command_main
         try:
-            sys.exit(module.main(args))
+            sys.exit(command_main(args))
         except (LabelError, FileNotFoundError) as e:
             sys.exit(f"rm-ds {args.command}: {e}")
-        except ModuleNotFoundError as e:
-            if e.name != "rm_ds.scoring":
-                raise
-            sys.exit(f"rm-ds {args.command}: needs rm_ds/scoring.py (contract 3, issue 12), not in this checkout yet")
     elif args.command == "inspect":
-        from rm_ds.data import DataError
-        from rm_ds.inspect_data import main as inspect_main
-        from rm_ds.label import LabelError
+        from rm_ds.data.pairs import DataError
+        from rm_ds.data.inspect import main as inspect_main
+        from rm_ds.proxy.label import LabelError
 
         try:
             sys.exit(inspect_main(args))
         except (DataError, LabelError) as e:
             sys.exit(f"rm-ds inspect: {e}")
     elif args.command == "export":
-        from rm_ds.export import export_run
+        from rm_ds.train.export import export_run
 
         print(export_run(args.run_dir, step=args.step, out=args.out, adapter=True if args.adapter else None))
     elif args.command == "score":
-        from rm_ds.score_file import InputError
-        from rm_ds.score_file import main as score_main
+        from rm_ds.serve.score_file import InputError
+        from rm_ds.serve.score_file import main as score_main
 
         try:
             score_main(args.model, args.input, args.out, step=args.step, token_budget=args.token_budget,
@@ -253,8 +252,8 @@ def _main(argv: list[str] | None) -> None:
         except (InputError, ValueError, FileNotFoundError) as e:
             sys.exit(f"rm-ds score: {e}")
     elif args.command == "serve":
-        from rm_ds.serve import ServeOptions
-        from rm_ds.serve import main as serve_main
+        from rm_ds.serve.server import ServeOptions
+        from rm_ds.serve.server import main as serve_main
 
         try:
             serve_main(args.model, ServeOptions(host=args.host, port=args.port, api_key=args.api_key,
@@ -265,7 +264,7 @@ def _main(argv: list[str] | None) -> None:
         except ValueError as e:
             sys.exit(f"rm-ds serve: {e}")
     elif args.command == "select":
-        from rm_ds.active import main as select_main
+        from rm_ds.serve.select import main as select_main
 
         try:
             select_main(args.model, args.pool, args.out, k=args.k, by=args.by, dedupe=args.dedupe,

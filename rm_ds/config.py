@@ -123,7 +123,7 @@ class DataConfig:
     packing: bool = False
     """Pack several pairs into one row with no padding; train.token_budget then caps the row's real tokens."""
     format: Literal["auto", "pairs", "hh", "shp", "ultrafeedback", "helpsteer", "scored"] = "auto"
-    """Input shape (rm_ds/formats.py): auto detects it from the columns; the choice is logged and kept in the run."""
+    """Input shape (rm_ds/data/formats.py): auto detects it from the columns; the choice is logged and kept."""
     pref_field: str | None = None
     """pairs: column with a preference probability p in [0, 1] (1 = chosen preferred, 0.5 = tie)."""
     objectives_field: str = "objectives"
@@ -193,7 +193,7 @@ LABEL_SMOOTHING_MAX = 0.5
 
 
 def check_label_smoothing(value: float, *, key: str = "loss.label_smoothing") -> None:
-    """The one bounds rule for label smoothing, shared by the config, ``rm_ds.loss`` and ``rm_ds.metrics``."""
+    """The one bounds rule for label smoothing, shared by the config, ``train.loss`` and ``eval.metrics``."""
     if not 0.0 <= value < LABEL_SMOOTHING_MAX:
         raise ConfigError(f"{key}: must be in [0, {LABEL_SMOOTHING_MAX}), got {value}")
 

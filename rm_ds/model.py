@@ -38,7 +38,7 @@ def pools_last_token(model_or_config) -> bool:
 
 def resolve_pad_token(tokenizer, cfg: ModelConfig, *, last_token_pooling: bool) -> int:
     """Set and return the pad id, refusing setups where the pooled token would be ambiguous."""
-    from rm_ds.tokenize import eos_id
+    from rm_ds.data.tokenize import eos_id
 
     eos = eos_id(tokenizer)
     if cfg.pad_token is not None:
@@ -117,7 +117,7 @@ def rewards(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
     ``model`` may be the DeepSpeed engine (the forward goes through it, so ZeRO-3's hooks run).
     Padded batches (``collate_pairs``: rows 0..B-1 chosen, B..2B-1 rejected) use the head's own
-    pooling. Shared/packed batches (``rm_ds.packing``) carry a block mask, position ids and the flat
+    pooling. Shared/packed batches (``rm_ds.data.packing``) carry a block mask, position ids and the flat
     positions of the score tokens: the reward head's per-position output is captured by a forward
     hook and read there.
     """
@@ -152,7 +152,7 @@ def reward_head(model) -> torch.nn.Module:
 
 
 def _rewards_at_positions(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    from rm_ds.packing import attention_mask_for
+    from rm_ds.data.packing import attention_mask_for
 
     head = reward_head(model)
     root = getattr(model, "module", model)

@@ -4,8 +4,8 @@
 
 Each rank is a fresh spawned interpreter with the launcher's environment (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR/PORT), one thread, DeepSpeed on its CPU accelerator. It joins the process
-group through ``rm_ds.dist.init`` (the product's own path), runs ``worker(*args)``, sends back its
-return value or its traceback, and leaves through ``rm_ds.dist.shutdown`` (the clean-exit path).
+group through ``rm_ds.cluster.dist.init`` (the product's own path), runs ``worker(*args)``, sends back its
+return value or its traceback, and leaves through ``rm_ds.cluster.dist.shutdown`` (the clean-exit path).
 A rank that fails or hangs fails the test with its traceback.
 """
 
@@ -18,10 +18,10 @@ import tempfile
 import time
 import traceback
 
-from rm_ds.runtime_env import RUNTIME
+from rm_ds.cluster.runtime_env import RUNTIME
 
 ENV = dict(RUNTIME)
-"""The CPU run-time environment of launch/env.sh (one list, in rm_ds.runtime_env), set in full for every test rank."""
+"""The CPU run-time environment of launch/env.sh (one list, in cluster/runtime_env.py), set for every test rank."""
 
 
 def free_port() -> int:
@@ -38,7 +38,7 @@ def _entry(worker, args, rank: int, world_size: int, port: int, out_dir: str, in
 
     code = 0
     try:
-        from rm_ds import dist
+        from rm_ds.cluster import dist
 
         dist.init(**init)
         result = ("ok", worker(*args))
@@ -48,7 +48,7 @@ def _entry(worker, args, rank: int, world_size: int, port: int, out_dir: str, in
     path = os.path.join(out_dir, f"rank{rank}.pt")
     torch.save(result, path + ".tmp")
     os.replace(path + ".tmp", path)
-    from rm_ds import dist
+    from rm_ds.cluster import dist
 
     dist.shutdown(code)
 
@@ -57,7 +57,7 @@ def run_distributed(worker, *, world_size: int, args: tuple = (), timeout: float
                     init: dict | None = None) -> list:
     """Run ``worker(*args)`` on ``world_size`` ranks; return the per-rank results in rank order.
 
-    ``init``: keyword arguments for ``rm_ds.dist.init`` (e.g. ``{"timeout_s": 2}``)."""
+    ``init``: keyword arguments for ``rm_ds.cluster.dist.init`` (e.g. ``{"timeout_s": 2}``)."""
     import torch
 
     ctx = mp.get_context("spawn")
@@ -127,10 +127,10 @@ def make_tiny_setup(root, *, n_pairs: int = 44, prompt_words: tuple[int, int] = 
 
 
 def load_split(cfg, tokenizer, path: str, *, split: str, max_pairs: int | None):
-    """``rm_ds.dataset.load_split`` with the folders a run of ``cfg`` uses (the same tokenised cache)."""
+    """``rm_ds.data.dataset.load_split`` with the folders a run of ``cfg`` uses (the same tokenised cache)."""
     from rm_ds.builtin import rm_ds_home
-    from rm_ds.dataset import cache_dir_for
-    from rm_ds.dataset import load_split as _load_split
+    from rm_ds.data.dataset import cache_dir_for
+    from rm_ds.data.dataset import load_split as _load_split
 
     home = rm_ds_home()
     return _load_split(cfg.data, tokenizer, path, split=split, max_pairs=max_pairs,

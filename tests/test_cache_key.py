@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rm_ds.config import load_config
-from rm_ds.data import load_pairs
+from rm_ds.data.pairs import load_pairs
 from rm_ds.model import load_tokenizer
 from tests.harness import make_tiny_setup
 
@@ -23,7 +23,7 @@ def rows(n: int, tag: str) -> list[str]:
 
 @pytest.mark.parametrize("pattern", ["*.jsonl", "sub", "sub/*.jsonl"])
 def test_rewritten_files_behind_a_glob_or_folder_are_retokenised(tmp_path: Path, pattern: str) -> None:
-    from rm_ds.dataset import load_split
+    from rm_ds.data.dataset import load_split
 
     make_tiny_setup(tmp_path, n_pairs=2)
     cfg = load_config(None, [f"model.name_or_path={tmp_path / 'model'}", "data.max_length=32"])

@@ -39,7 +39,7 @@ def _env(**extra) -> dict:
 
 
 def _joined(log: str) -> dict[int, str]:
-    """rank -> the line rm_ds.dist prints when a rank joins."""
+    """rank -> the line rm_ds.cluster.dist prints when a rank joins."""
     return {int(m.group(1)): m.group(0)
             for m in re.finditer(r"\[rank\d\] rm_ds\.dist: joined world size 2 as rank (\d) \([^)]*\)", log)}
 
@@ -119,7 +119,7 @@ def test_two_nodes_through_train_multinode_sh_with_openmpi(tmp_path, two_loopbac
     _check_trained(run_dir)
 
 
-MPI_ENV_PROBE = ("import sys; from rm_ds.dist import _mpi_env; e = _mpi_env(); "
+MPI_ENV_PROBE = ("import sys; from rm_ds.cluster.dist import _mpi_env; e = _mpi_env(); "
                  "sys.stdout.write(f\"PROBE {e['RANK']} {e['LOCAL_RANK']} {e['MASTER_ADDR']} END\\n\")")
 
 
@@ -181,7 +181,7 @@ def two_runs(tmp_path) -> Path:
 
 
 def test_compare_table_values(two_runs):
-    from rm_ds.compare import compare
+    from rm_ds.eval.compare import compare
 
     rows, files = compare([two_runs])
     a, b = rows

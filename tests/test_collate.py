@@ -6,13 +6,13 @@ import doctest
 
 import torch
 
-import rm_ds.collate
-from rm_ds.collate import collate_pairs
-from rm_ds.loss import bt_loss
+import rm_ds.data.collate
+from rm_ds.data.collate import collate_pairs
+from rm_ds.train.loss import bt_loss
 
 
 def test_docstring_layout():
-    assert doctest.testmod(rm_ds.collate, raise_on_error=False).failed == 0
+    assert doctest.testmod(rm_ds.data.collate, raise_on_error=False).failed == 0
 
 
 def test_filler_contributes_nothing():
@@ -26,7 +26,7 @@ def test_filler_contributes_nothing():
 def test_every_layout_names_itself_and_shares_the_per_pair_columns():
     """The padded layout says so (``rewards`` does not infer it from a missing key), and every layout
     carries the same per-pair columns and the same filler (one zero-weight [eos] vs [eos] pair)."""
-    from rm_ds.collate import make_collate
+    from rm_ds.data.collate import make_collate
 
     rows = [dict(prompt_ids=[1, 5], chosen_ids=[7, 2], rejected_ids=[8, 9, 2], margin=0.5, weight=2.0, pref=0.75),
             dict(prompt_ids=[1], chosen_ids=[6, 2], rejected_ids=[2])]

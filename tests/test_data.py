@@ -1,4 +1,4 @@
-"""Tests for rm_ds.data.load_pairs.
+"""Tests for rm_ds.data.pairs.load_pairs.
 
 Run: ``PYTHONPATH=. python -m pytest tests/test_data.py -q``
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from rm_ds.data import CHAT_FEATURES, TEXT_FEATURES, DataError, LoadReport, load_pairs
+from rm_ds.data.pairs import CHAT_FEATURES, TEXT_FEATURES, DataError, LoadReport, load_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -723,7 +723,7 @@ def test_unsupported_suffix(tmp_path: Path) -> None:
 def test_hub_name_offline_gives_clear_error(tmp_path: Path) -> None:
     # a subprocess, because huggingface_hub reads HF_HUB_OFFLINE at import time
     code = (
-        "from rm_ds.data import load_pairs, DataError\n"
+        "from rm_ds.data.pairs import load_pairs, DataError\n"
         "try:\n    load_pairs('someone/no-such-prefs', split='train')\n"
         "except DataError as e:\n    print('DATAERROR', e)\n"
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rm_ds.data import DataError, load_pairs
+from rm_ds.data.pairs import DataError, load_pairs
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rm_ds.data import MAX_ABS_MARGIN, MAX_WEIGHT, DataError, load_pairs
+from rm_ds.data.pairs import MAX_ABS_MARGIN, MAX_WEIGHT, DataError, load_pairs
 
 FIELDS = ("id", "prompt", "chosen", "rejected", "margin", "weight", "source")
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from rm_ds.checkpoint_files import eval_subdir
+from rm_ds.train.checkpoint_files import eval_subdir
 from tests.harness import ENV, free_port, run_distributed
 
 WORDS = "alpha beta gamma delta river stone light dark small large runs sleeps over under bird".split()
@@ -49,12 +49,12 @@ def overrides(root, stage: str) -> list[str]:
 
 
 def eval_worker(ovr: list[str], paths: list[str]) -> dict:
-    from rm_ds import dist
+    from rm_ds.cluster import dist
     from rm_ds.config import load_config
-    from rm_ds.eval_metrics import compute_metrics
-    from rm_ds.evaluate import gather_scores
+    from rm_ds.eval.scores import compute_metrics
+    from rm_ds.train.evaluate import gather_scores
     from rm_ds.model import load_tokenizer
-    from rm_ds.train import setup
+    from rm_ds.train.recipe import setup
     from tests.harness import load_split
 
     cfg = load_config(None, ovr)
@@ -76,9 +76,9 @@ def eval_worker(ovr: list[str], paths: list[str]) -> dict:
 
 def reference(ovr: list[str], path: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """Plain PyTorch, one process, each pair scored alone (no padding, no sharding)."""
-    from rm_ds.collate import collate_pairs
+    from rm_ds.data.collate import collate_pairs
     from rm_ds.config import ModelConfig, load_config
-    from rm_ds.metrics import pairwise_metrics
+    from rm_ds.eval.metrics import pairwise_metrics
     from rm_ds.model import build_reward_model, load_tokenizer, resolve_pad_token, rewards
     from tests.harness import load_split
 

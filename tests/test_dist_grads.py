@@ -14,7 +14,7 @@ from tests.harness import run_distributed
 
 
 def shapes() -> list[tuple[int, ...]]:
-    from rm_ds.dist import GRAD_BUCKET_MIN
+    from rm_ds.cluster.dist import GRAD_BUCKET_MIN
 
     return [(GRAD_BUCKET_MIN + 5,), (3,), (4, 7), (2, GRAD_BUCKET_MIN), (1,)]  # big and small, interleaved
 
@@ -25,7 +25,7 @@ def local(rank: int) -> list[torch.Tensor]:
 
 
 def reduce_worker() -> list[torch.Tensor]:
-    from rm_ds import dist
+    from rm_ds.cluster import dist
 
     info = dist.current()
     ts = local(info.rank)
@@ -47,7 +47,7 @@ def test_sum_over_ranks_in_place(world):
 def test_one_process_leaves_tensors_alone():
     ts = local(0)
     before = [t.clone() for t in ts]
-    from rm_ds import dist
+    from rm_ds.cluster import dist
 
     dist.all_reduce_sum_(ts)  # no process group: nothing to reduce with
     assert all(torch.equal(a, b) for a, b in zip(ts, before, strict=True))
@@ -72,7 +72,7 @@ def sparse_local(rank: int, dense_share: float) -> list[torch.Tensor]:
 def sparse_worker(dense_share: float) -> tuple[list[torch.Tensor], int]:
     import torch.distributed as tdist
 
-    from rm_ds import dist
+    from rm_ds.cluster import dist
 
     info = dist.current()
     ts = sparse_local(info.rank, dense_share)

@@ -4,7 +4,7 @@
 
 Each case trains a tiny random Llama reward model for a few optimizer steps on pairs of very uneven
 lengths with token-budget micro-batching, so ranks hold different pair counts and accumulate over
-several micro-steps. The real training loop (``rm_ds.train.setup`` + ``train_loop``) runs in 2 or 3
+several micro-steps. The real training loop (``rm_ds.train.recipe.setup`` + ``train_loop``) runs in 2 or 3
 gloo processes under ZeRO-0/2/3; the reference is plain PyTorch over the same global batches with
 the mean loss over each step's pairs. Loss trajectories and final weights must agree to 1e-5.
 On ZeRO-0 the gradients go through rm_ds's own reduction (``dist.all_reduce_sum_``), the 30k-row
@@ -38,10 +38,10 @@ def overrides(root, *, stage: str, steps: int = 4, extra: tuple = ()) -> list[st
 
 def train_worker(ovr: list[str]) -> dict:
     """Runs on every rank: the product's training loop, then the full weights and the plan."""
-    from rm_ds import dist
+    from rm_ds.cluster import dist
     from rm_ds.config import load_config
-    from rm_ds.engine import gathered_state_dict
-    from rm_ds.train import setup, train_loop
+    from rm_ds.train.engine import gathered_state_dict
+    from rm_ds.train.recipe import setup, train_loop
 
     info = dist.current()
     tr = setup(load_config(None, ovr), info)
@@ -58,13 +58,13 @@ def reference_run(ovr: list[str], plan, *, naive: bool = False):
     ``naive=True`` instead weights like DeepSpeed's default: each micro-batch's mean loss, divided by
     the accumulation count, averaged over ranks (pairs in small micro-batches count more).
     """
-    from rm_ds.collate import collate_pairs
+    from rm_ds.data.collate import collate_pairs
     from rm_ds.config import load_config
-    from rm_ds.dataset import rows_at
-    from rm_ds.engine import transformers as _tf  # same transformers the engine uses
-    from rm_ds.loss import bt_loss
+    from rm_ds.data.dataset import rows_at
+    from rm_ds.train.engine import transformers as _tf  # same transformers the engine uses
+    from rm_ds.train.loss import bt_loss
     from rm_ds.model import build_reward_model, load_tokenizer, pad_token_for
-    from rm_ds.tokenize import eos_id
+    from rm_ds.data.tokenize import eos_id
     from tests.harness import load_split
 
     cfg = load_config(None, ovr)

@@ -13,7 +13,7 @@ from tests.harness import run_distributed
 
 def run_worker(ovr: list[str]) -> dict:
     from rm_ds.config import load_config
-    from rm_ds.train import run
+    from rm_ds.train.recipe import run
 
     return run(load_config("tiny", ovr))
 

@@ -70,11 +70,11 @@ def test_data_error_on_two_ranks_is_printed_once(tmp_path: Path) -> None:
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
-    import rm_ds.train
+    import rm_ds.train.recipe
 
     def boom(cfg, *, command):
         raise RuntimeError("a real bug")
 
-    monkeypatch.setattr(rm_ds.train, "main", boom)
+    monkeypatch.setattr(rm_ds.train.recipe, "main", boom)
     with pytest.raises(RuntimeError, match="a real bug"):
         cli.main(["train", "--config", "tiny"])

@@ -129,7 +129,7 @@ def test_sigstop_of_a_rank_times_out_with_a_diagnosis(setup_root: Path) -> None:
 
 
 def _slow_rank0_then_wait(seconds: float) -> float:
-    from rm_ds import dist
+    from rm_ds.cluster import dist
 
     info = dist.current()
     if info.rank == 0:

@@ -1,4 +1,4 @@
-"""Published preference shapes -> pairs (rm_ds.formats through rm_ds.data.load_pairs), soft labels and ties.
+"""Published preference shapes -> pairs (rm_ds.data.formats through rm_ds.data.pairs.load_pairs), soft labels and ties.
 
 Each test writes a few rows in the shape the dataset card documents and asserts the exact pairs,
 prompts and counts; the loss and metric checks use hand-worked numbers.
@@ -16,8 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rm_ds.data import DataError, load_pairs
-from rm_ds.formats import FormatOptions, detect_format, pair_indices, split_hh
+from rm_ds.data.pairs import DataError, load_pairs
+from rm_ds.data.formats import FormatOptions, detect_format, pair_indices, split_hh
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -272,7 +272,7 @@ def test_pair_indices_policies() -> None:
 # ---------------------------------------------------------------- soft-label loss and metrics
 
 def test_soft_label_loss_hand_worked_and_gradient() -> None:
-    from rm_ds.loss import bt_loss
+    from rm_ds.train.loss import bt_loss
 
     c = torch.tensor([1.0, 0.0, 2.0], requires_grad=True)
     r = torch.tensor([0.0, 0.0, 0.0])
@@ -293,7 +293,7 @@ def test_soft_label_loss_hand_worked_and_gradient() -> None:
 
 
 def test_metrics_with_ties_and_soft_labels() -> None:
-    from rm_ds.metrics import fit_temperature, pairwise_metrics
+    from rm_ds.eval.metrics import fit_temperature, pairwise_metrics
 
     rng = np.random.default_rng(0)
     c, r = rng.normal(size=50), rng.normal(size=50)
@@ -317,7 +317,7 @@ def test_metrics_with_ties_and_soft_labels() -> None:
 
 
 def test_pref_travels_through_every_layout() -> None:
-    from rm_ds.collate import make_collate
+    from rm_ds.data.collate import make_collate
 
     rows = [{"prompt_ids": [1, 5], "chosen_ids": [7, 2], "rejected_ids": [8, 2], "margin": 0.0, "weight": 1.0,
              "pref": 0.5},

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rm_ds.label import LabelError, label, make_pairs, read_scored, score_rows
-from rm_ds.match import (
+from rm_ds.proxy.label import LabelError, label, make_pairs, read_scored, score_rows
+from rm_ds.proxy.match import (
     agreement_by_gold_gap,
     diagnose,
     kendall_tau_b,
@@ -96,9 +96,9 @@ def test_ties_are_counted_exactly():
 
 def test_gold_pref_trains_as_a_soft_label(tmp_path):
     """The pair file rm-ds label writes loads with data.pref_field=gold_pref: pref is the gold's probability."""
-    from rm_ds.data import load_pairs
-    from rm_ds.formats import FormatOptions
-    from rm_ds.label import write_jsonl
+    from rm_ds.data.pairs import load_pairs
+    from rm_ds.data.formats import FormatOptions
+    from rm_ds.proxy.label import write_jsonl
 
     rows = [{"id": "a", "prompt": "p", "responses": ["x", "y"], "rewards": [0.2, 1.4]},
             {"id": "b", "prompt": "q", "responses": ["u", "v"], "rewards": [-1.0, -3.0]}]
@@ -191,8 +191,8 @@ def test_run_match_writes_figures_plot_and_diagnosis(tmp_path):
 
 
 def test_label_with_the_real_scorer_keeps_rewards_with_their_responses(tmp_path):
-    """Through rm_ds.scoring (contract 3) on a tiny RM: reversed response order gives each text the same reward."""
-    from rm_ds.scoring import load_scorer
+    """Through rm_ds.serve.scorer (contract 3) on a tiny RM: reversed response order gives each text the same reward."""
+    from rm_ds.serve.scorer import load_scorer
     from tests.harness import make_tiny_setup
 
     root = make_tiny_setup(tmp_path / "t", n_pairs=1)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rm_ds.checkpoint_files import eval_subdir
+from rm_ds.train.checkpoint_files import eval_subdir
 from tests.harness import ENV, free_port
 
 BASE = ["--config", "tiny", "train.max_steps=6", "train.lr=5e-3", "eval.every_steps=3", "logging.progress=false",
@@ -62,7 +62,7 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    from rm_ds.checkpoint_files import consolidated_state_dict
+    from rm_ds.train.checkpoint_files import consolidated_state_dict
 
     root = run_dir / "checkpoints"
     return consolidated_state_dict(str(root), (root / "latest").read_text().strip())
@@ -121,7 +121,7 @@ def test_lora_trains_head_keeps_base_and_exports(tmp_path, stage):
     assert 0 < summary["trainable_params"] < summary["total_params"] / 10
     assert_export_reproduces_final_eval(run_dir, run_dir / "export" / "final", tmp_path)
     if stage == "zero2":  # adapter-only export carries the head too
-        from rm_ds.export import export_run
+        from rm_ds.train.export import export_run
 
         adapter = export_run(run_dir, step="final", out=tmp_path / "adapter", adapter=True)
         assert (adapter / "adapter_config.json").exists()
@@ -193,8 +193,8 @@ def test_sigkill_and_resume_is_exact(tmp_path):
 
 def test_checkpoints_and_eval_folders_share_one_step_name(tmp_path):
     """One naming for step folders (8 digits); an older run's 6-digit eval folder is still found by export."""
-    from rm_ds.checkpoint_files import find_eval_dir, tag_for
-    from rm_ds.export import calibration_for
+    from rm_ds.train.checkpoint_files import find_eval_dir, tag_for
+    from rm_ds.train.export import calibration_for
 
     assert tag_for(40) == "step_00000040" and eval_subdir(40) == "eval/step_00000040"
     assert find_eval_dir(tmp_path, 40) is None and calibration_for(tmp_path, 40) is None
@@ -213,7 +213,7 @@ def test_an_export_of_the_same_checkpoint_is_linked_not_redone(tmp_path):
     import json as _json
     import os as _os
 
-    from rm_ds.export import _link_existing_export
+    from rm_ds.train.export import _link_existing_export
 
     root = tmp_path / "export"
     final = root / "final"

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rm_ds.loss import bt_loss
+from rm_ds.train.loss import bt_loss
 
 
 def test_plain_bt_loss():
@@ -56,7 +56,7 @@ def test_torch_loss_and_numpy_metric_agree_on_random_inputs(seed):
     smoothing, beta and L2, large rewards included."""
     import numpy as np
 
-    from rm_ds.metrics import bt_loss_per_pair
+    from rm_ds.eval.metrics import bt_loss_per_pair
 
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 200))
@@ -77,7 +77,7 @@ def test_one_label_smoothing_rule_in_config_loss_and_metrics(eps):
     import numpy as np
 
     from rm_ds.config import ConfigError, load_config
-    from rm_ds.metrics import bt_loss_per_pair
+    from rm_ds.eval.metrics import bt_loss_per_pair
 
     with pytest.raises(ConfigError, match="loss.label_smoothing: must be in"):
         load_config(None, [f"loss.label_smoothing={eps}"])

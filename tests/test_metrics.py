@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from rm_ds import metrics
-from rm_ds.metrics import (
+from rm_ds.eval import metrics
+from rm_ds.eval.metrics import (
     TEMPERATURE_MAX,
     TEMPERATURE_MIN,
     bt_loss_per_pair,
@@ -321,7 +321,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_plots_return_png_bytes():
-    from rm_ds import plots
+    from rm_ds.eval import plots
 
     rng = np.random.default_rng(8)
     c, r = rng.normal(1, 1, 1000), rng.normal(0, 1, 1000)
@@ -346,7 +346,7 @@ def test_metrics_module_imports_no_torch_or_matplotlib():
     import subprocess
     import sys
 
-    code = ("import sys, rm_ds.metrics, rm_ds.plots; "
+    code = ("import sys, rm_ds.eval.metrics, rm_ds.eval.plots; "
             "print(sorted(m for m in ('torch', 'deepspeed', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=metrics.__file__.rsplit("/rm_ds/", 1)[0])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rm_ds.collate import collate_pairs
+from rm_ds.data.collate import collate_pairs
 from rm_ds.config import ModelConfig
-from rm_ds.loss import bt_loss
+from rm_ds.train.loss import bt_loss
 from rm_ds.model import build_reward_model, load_tokenizer, pools_last_token, resolve_pad_token, rewards
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rm_ds.faults import diagnose, step_is_finite
+from rm_ds.train.faults import diagnose, step_is_finite
 from tests.harness import ENV, make_tiny_setup
 
 
@@ -34,7 +34,7 @@ def test_a_diverging_run_stops_before_saving_the_bad_step(tmp_path: Path) -> Non
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["latest", "step_00000001"] and not (run_dir / "export").exists()
 
-    from rm_ds.checkpoint_files import consolidated_state_dict
+    from rm_ds.train.checkpoint_files import consolidated_state_dict
 
     weights = consolidated_state_dict(str(run_dir / "checkpoints"), "step_00000001")
     assert all(bool(v.isfinite().all()) for v in weights.values())

@@ -45,10 +45,10 @@ def overrides(root, *, steps: int = 3) -> list[str]:
 
 
 def train_worker(ovr: list[str]) -> dict:
-    from rm_ds import dist
+    from rm_ds.cluster import dist
     from rm_ds.config import load_config
-    from rm_ds.engine import gathered_state_dict
-    from rm_ds.train import setup, train_loop
+    from rm_ds.train.engine import gathered_state_dict
+    from rm_ds.train.recipe import setup, train_loop
 
     info = dist.current()
     tr = setup(load_config(None, ovr), info)
@@ -60,14 +60,14 @@ def train_worker(ovr: list[str]) -> dict:
 
 def reference_run(ovr: list[str], plan):
     """Plain PyTorch, one process: per step, the sum of labelled entries' losses / their count."""
-    from rm_ds.dataset import rows_at
+    from rm_ds.data.dataset import rows_at
 
-    from rm_ds.collate import collate_pairs
+    from rm_ds.data.collate import collate_pairs
     from rm_ds.config import load_config
-    from rm_ds.engine import transformers as _tf
-    from rm_ds.loss import multi_objective_loss
+    from rm_ds.train.engine import transformers as _tf
+    from rm_ds.train.loss import multi_objective_loss
     from rm_ds.model import build_reward_model, load_tokenizer, pad_token_for
-    from rm_ds.tokenize import eos_id
+    from rm_ds.data.tokenize import eos_id
     from tests.harness import load_split
 
     cfg = load_config(None, ovr)
@@ -114,7 +114,7 @@ def test_two_ranks_equal_a_single_process_reference(setup_dir) -> None:
 
 
 def test_loss_counts_labelled_entries_hand_worked() -> None:
-    from rm_ds.loss import multi_objective_loss
+    from rm_ds.train.loss import multi_objective_loss
 
     c = torch.tensor([[1.0, 0.0], [2.0, -1.0]])
     r = torch.zeros(2, 2)
@@ -130,9 +130,9 @@ def test_loss_counts_labelled_entries_hand_worked() -> None:
 
 
 def test_load_and_collate_objectives(tmp_path) -> None:
-    from rm_ds.collate import collate_pairs
-    from rm_ds.data import DataError, load_pairs
-    from rm_ds.formats import FormatOptions
+    from rm_ds.data.collate import collate_pairs
+    from rm_ds.data.pairs import DataError, load_pairs
+    from rm_ds.data.formats import FormatOptions
 
     path = tmp_path / "mo.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in [
@@ -150,7 +150,7 @@ def test_load_and_collate_objectives(tmp_path) -> None:
 
 
 def test_objective_metrics_per_objective() -> None:
-    from rm_ds.metrics import objective_metrics, pairwise_metrics
+    from rm_ds.eval.metrics import objective_metrics, pairwise_metrics
 
     c = np.array([[1.0, 0.0], [0.5, 2.0], [-1.0, 1.0]])
     r = np.zeros((3, 2))
@@ -196,9 +196,9 @@ def test_k_output_rewards_match_the_padded_layout(shared: bool, packed: bool) ->
     """A 2-output head read at the score tokens of shared/packed rows gives the padded layout's (B, 2)."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from rm_ds.collate import collate_pairs
+    from rm_ds.data.collate import collate_pairs
     from rm_ds.model import rewards
-    from rm_ds.packing import collate_layout
+    from rm_ds.data.packing import collate_layout
 
     cfg = LlamaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                       intermediate_size=64, num_labels=2, pad_token_id=0, eos_token_id=2, attn_implementation="sdpa")

@@ -22,12 +22,12 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
-from rm_ds.collate import collate_pairs, make_collate
-from rm_ds.loss import bt_loss
+from rm_ds.data.collate import collate_pairs, make_collate
+from rm_ds.train.loss import bt_loss
 from rm_ds.model import reward_head, rewards
-from rm_ds.packing import attention_mask_for, block_mask, collate_layout, pair_lengths, sampler_cost
-from rm_ds.sampler import PairSampler, SamplerConfig
-from rm_ds.tokenize import token_columns
+from rm_ds.data.packing import attention_mask_for, block_mask, collate_layout, pair_lengths, sampler_cost
+from rm_ds.data.sampler import PairSampler, SamplerConfig
+from rm_ds.data.tokenize import token_columns
 from tests.harness import make_tiny_setup, run_distributed
 
 PAD, EOS, VOCAB = 0, 2, 97
@@ -307,11 +307,11 @@ def layout_train_worker(runs: list[list[str]]) -> list[dict]:
     """One rank, one run per override list (in one process, to spare the start-up): the product's
     ``setup`` + ``train_loop`` (layout lengths, sampler cost and collate come from ``data.*``), then
     eval-mode scores of the first pairs through the engine with the run's collate."""
-    from rm_ds import dist
+    from rm_ds.cluster import dist
     from rm_ds.config import load_config
-    from rm_ds.dataset import rows_at
-    from rm_ds.engine import score_batches
-    from rm_ds.train import setup, train_loop
+    from rm_ds.data.dataset import rows_at
+    from rm_ds.train.engine import score_batches
+    from rm_ds.train.recipe import setup, train_loop
 
     info = dist.current()
     out = []

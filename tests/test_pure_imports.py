@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-PURE = ["rm_ds.metrics", "rm_ds.dataset", "rm_ds.loss", "rm_ds.eval_metrics", "rm_ds.run_state",
-        "rm_ds.checkpoint_files"]
+PURE = ["rm_ds.eval.metrics", "rm_ds.data.dataset", "rm_ds.train.loss", "rm_ds.eval.scores", "rm_ds.train.run_state",
+        "rm_ds.train.checkpoint_files"]
 
 PROBE = """
 import sys
@@ -19,7 +19,7 @@ sys.modules["deepspeed"] = None  # any `import deepspeed` (or deepspeed.x) now r
 import importlib
 for name in sys.argv[1:]:
     importlib.import_module(name)
-assert "rm_ds.engine" not in sys.modules, "a pure module pulled in rm_ds.engine"
+assert "rm_ds.train.engine" not in sys.modules, "a pure module pulled in rm_ds.train.engine"
 print("ok")
 """
 
@@ -34,9 +34,9 @@ def test_pure_modules_import_with_deepspeed_blocked():
 
 
 def test_blocking_is_effective():
-    """The probe really fails when a module needs DeepSpeed (rm_ds.engine does)."""
+    """The probe really fails when a module needs DeepSpeed (rm_ds.train.engine does)."""
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    proc = subprocess.run([sys.executable, "-c", PROBE, "rm_ds.engine"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", PROBE, "rm_ds.train.engine"], capture_output=True, text=True,
                           timeout=120, env=env, cwd=repo)
     assert proc.returncode != 0 and "import of deepspeed halted" in proc.stderr

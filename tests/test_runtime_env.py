@@ -1,4 +1,4 @@
-"""launch/env.sh and Python agree on the run-time environment (one list, in rm_ds.runtime_env).
+"""launch/env.sh and Python agree on the run-time environment (one list, in rm_ds.cluster.runtime_env).
 
     PYTHONPATH=. python -m pytest tests/test_runtime_env.py -q
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rm_ds.runtime_env import CPU_DEFAULTS, DEFAULTS, FIXED, FORWARD, RUNTIME, SETTINGS, exports
+from rm_ds.cluster.runtime_env import CPU_DEFAULTS, DEFAULTS, FIXED, FORWARD, RUNTIME, SETTINGS, exports
 from tests.harness import ENV
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for rm_ds.sampler: hand-built plans plus hypothesis properties.
+"""Tests for rm_ds.data.sampler: hand-built plans plus hypothesis properties.
 
 Run: PYTHONPATH=. python -m pytest tests/test_sampler.py -q
 """
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import rm_ds.sampler
-from rm_ds.sampler import PairSampler, SamplerConfig, eval_shards
+import rm_ds.data.sampler
+from rm_ds.data.sampler import PairSampler, SamplerConfig, eval_shards
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -76,7 +76,7 @@ def check_step_shape(step, lengths, world_size: int, budget: int | None, ppm: in
 
 
 def test_docstring_examples() -> None:
-    failed, attempted = doctest.testmod(rm_ds.sampler)
+    failed, attempted = doctest.testmod(rm_ds.data.sampler)
     assert attempted > 0 and failed == 0
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rm_ds.sampling import (
+from rm_ds.proxy.sample import (
     SamplingParams,
     _filter_top_p,
     draw_tokens,
@@ -64,7 +64,7 @@ def test_a_prompt_samples_the_same_in_any_batch(tiny, tmp_path):
 
 
 def _rank_worker(tiny, out):
-    from rm_ds import dist
+    from rm_ds.cluster import dist
 
     info = dist.current()
     return _sample(Path(tiny), out, rank=info.rank, world_size=info.world_size, barrier=dist.barrier)

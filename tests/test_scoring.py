@@ -124,8 +124,8 @@ def test_recipe_round_trip(runs, combo, tmp_path):
     from fastapi.testclient import TestClient
 
     from rm_ds.cli import main as cli_main
-    from rm_ds.scoring import load_scorer
-    from rm_ds.serve import ServeOptions, create_app
+    from rm_ds.serve.scorer import load_scorer
+    from rm_ds.serve.server import ServeOptions, create_app
 
     root, dirs = runs
     folder = dirs[combo] / "export" / "final"
@@ -195,8 +195,8 @@ def test_recipe_round_trip(runs, combo, tmp_path):
 
 
 def _score_worker(folder: str, pairs: str, out_dir: str) -> dict:
-    from rm_ds import dist
-    from rm_ds.score_file import run
+    from rm_ds.cluster import dist
+    from rm_ds.serve.score_file import run
 
     info = dist.current()
     return run([folder], pairs, f"{out_dir}/scores.jsonl", rank=info.rank, world_size=info.world_size,
@@ -254,8 +254,8 @@ def test_score_under_mpirun(runs, tmp_path):
 
 def test_score_file_forms_and_ensemble(runs, tmp_path):
     """responses (prompt+response, messages), scored rows (contract 4), an ensemble, bad input named."""
-    from rm_ds.score_file import InputError, read_input, run
-    from rm_ds.scoring import load_scorer
+    from rm_ds.serve.score_file import InputError, read_input, run
+    from rm_ds.serve.scorer import load_scorer
 
     _, dirs = runs
     a, b = (str(dirs[k] / "export" / "final") for k in ("llama-chat", "bert-chat"))
@@ -287,10 +287,10 @@ def test_score_file_forms_and_ensemble(runs, tmp_path):
 
 def test_multi_objective_columns(runs):
     """A (N, K) reward array maps to reward/<objective> columns named by id2label."""
-    from rm_ds.scoring import objective_names, pair_columns, response_columns
+    from rm_ds.serve.scorer import objective_names, pair_columns, response_columns
 
     _, dirs = runs
-    from rm_ds.scoring import load_scorer
+    from rm_ds.serve.scorer import load_scorer
 
     s = load_scorer(str(dirs["llama"] / "export" / "final"))
     s.objectives = ["helpful", "harmless"]
@@ -309,10 +309,10 @@ def test_multi_objective_columns(runs):
 
 def test_select_active_learning(runs, tmp_path):
     """rm-ds select: the k pairs the model(s) are least sure of, deduped, in a file rm-ds train reads."""
-    from rm_ds.active import select
+    from rm_ds.serve.select import select
     from rm_ds.cli import main as cli_main
-    from rm_ds.data import load_pairs
-    from rm_ds.scoring import load_scorer
+    from rm_ds.data.pairs import load_pairs
+    from rm_ds.serve.scorer import load_scorer
 
     root, dirs = runs
     a, b = (str(dirs[k] / "export" / "final") for k in ("llama", "llama-chat"))
@@ -330,7 +330,7 @@ def test_select_active_learning(runs, tmp_path):
     assert [g["source_id"] for g in got] == [(rows + [dup])[i]["id"] for i in want]
     assert all(g["p_chosen"] >= 0.5 for g in got)  # the preferred response is written as chosen
     # the near-identical prompt (same words, one more "!") ties with its original; --dedupe keeps one
-    from rm_ds.active import jaccard, trigrams
+    from rm_ds.serve.select import jaccard, trigrams
 
     picked = select([a], str(pool), k=len(rows) + 1, by="entropy", dedupe=True)
     ids = [g["source_id"] for g in picked]
@@ -354,7 +354,7 @@ def test_select_active_learning(runs, tmp_path):
 
 def test_lora_adapter_export_scores_like_merged(runs, tmp_path):
     """`rm-ds export --adapter` of a LoRA run scores the same as its merged export (to 1e-5)."""
-    from rm_ds.scoring import load_scorer
+    from rm_ds.serve.scorer import load_scorer
 
     root, dirs = runs
     run = dirs["lora"]

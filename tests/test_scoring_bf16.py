@@ -48,7 +48,7 @@ def tiny(tmp_path_factory):
 
 
 def test_bf16_close_to_fp32_on_a_tiny_decoder(tiny):
-    from rm_ds.scoring import load_scorer
+    from rm_ds.serve.scorer import load_scorer
 
     prompts, chosen, rejected = texts(24, seed=0)
     s32, s16 = load_scorer(str(tiny)), load_scorer(str(tiny), dtype="bf16")
@@ -70,7 +70,7 @@ def test_bf16_close_to_fp32_on_minilm(tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rm_ds.builtin import resolve_model
-    from rm_ds.scoring import load_scorer
+    from rm_ds.serve.scorer import load_scorer
 
     torch.manual_seed(0)
     path = resolve_model("builtin:minilm")
@@ -86,7 +86,7 @@ def test_bf16_close_to_fp32_on_minilm(tmp_path):
 
 
 def test_server_bf16_batch_equals_one_by_one(tiny):
-    from rm_ds.scoring import load_scorer
+    from rm_ds.serve.scorer import load_scorer
 
     prompts, a, b = texts(48, seed=2)
     one = load_scorer(str(tiny), dtype="bf16")

@@ -6,12 +6,12 @@ import doctest
 
 import pytest
 
-import rm_ds.selection
-from rm_ds.selection import EarlyStopping
+import rm_ds.train.selection
+from rm_ds.train.selection import EarlyStopping
 
 
 def test_docstring_example():
-    assert doctest.testmod(rm_ds.selection, raise_on_error=False).failed == 0
+    assert doctest.testmod(rm_ds.train.selection, raise_on_error=False).failed == 0
 
 
 def test_max_mode_min_delta_and_state_round_trip():

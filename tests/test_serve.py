@@ -72,7 +72,7 @@ def texts(n: int, seed: int) -> list[str]:
 
 def test_load_16_clients_2000_requests(server, model):
     """16 concurrent clients, 2,000 requests of 1-3 items: no errors, every answer = offline scores (1e-5)."""
-    from rm_ds.scoring import load_scorer
+    from rm_ds.serve.scorer import load_scorer
 
     _, url = server
     prompts, responses = texts(60, 1), texts(120, 2)
@@ -169,7 +169,7 @@ def test_web_page_in_chromium(server, tmp_path):
 def test_overfilled_queue_gets_503_and_shutdown_is_graceful(model):
     """A queue of 1 and 48 simultaneous requests: some 503 with Retry-After, the others right; then SIGTERM
     while requests are in flight: they are all answered and the server exits cleanly."""
-    from rm_ds.scoring import load_scorer
+    from rm_ds.serve.scorer import load_scorer
 
     proc, url = start_server(model, "--max-queue", "1", "--max-batch-wait-ms", "0")
     prompts, responses = texts(64, 5), texts(64, 6)
@@ -210,9 +210,9 @@ def test_overfilled_queue_gets_503_and_shutdown_is_graceful(model):
 def test_bad_requests_422_413_401(model):
     from fastapi.testclient import TestClient
 
-    from rm_ds.scoring import load_scorer
-    from rm_ds.serve import ServeOptions, create_app
-    from rm_ds.serve import main as serve_main
+    from rm_ds.serve.scorer import load_scorer
+    from rm_ds.serve.server import ServeOptions, create_app
+    from rm_ds.serve.server import main as serve_main
 
     scorer = load_scorer(str(model))
     opts = ServeOptions(max_items=4, max_body_bytes=2000)
@@ -255,8 +255,8 @@ def test_ensemble_server(model, tmp_path):
     from fastapi.testclient import TestClient
 
     from rm_ds.builtin import build_tiny_llama
-    from rm_ds.scoring import load_scorer
-    from rm_ds.serve import ServeOptions, create_app
+    from rm_ds.serve.scorer import load_scorer
+    from rm_ds.serve.server import ServeOptions, create_app
 
     scorers = [load_scorer(str(model)), load_scorer(str(build_tiny_llama(tmp_path / "other", seed=9)))]
     prompts, a, b = texts(6, 7), texts(6, 8), texts(6, 9)

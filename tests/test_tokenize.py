@@ -6,7 +6,7 @@ import datasets
 import pytest
 
 from rm_ds.model import load_tokenizer
-from rm_ds.tokenize import TokenizeOptions, eos_id, fit_to_length, tokenize_pairs
+from rm_ds.data.tokenize import TokenizeOptions, eos_id, fit_to_length, tokenize_pairs
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_truncation_counts_and_drops(minilm):
 
 
 def test_tokenisation_is_cached_by_content(minilm, tmp_path):
-    from rm_ds.tokenize import cache_key
+    from rm_ds.data.tokenize import cache_key
 
     ds = text_ds(("what is a dog?", "a domestic animal", "a large rock"), ("p", "yes", "no"))
     opts = TokenizeOptions(max_length=64)
@@ -101,7 +101,7 @@ def test_tokenisation_is_cached_by_content(minilm, tmp_path):
 
 def test_token_columns_match_what_tokenize_pairs_writes():
     """Rows tokenised elsewhere (bench, tests) get the same length columns as a tokenised dataset."""
-    from rm_ds.tokenize import length_columns, token_columns
+    from rm_ds.data.tokenize import length_columns, token_columns
 
     rows = [{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 9], "rejected_ids": [5, 6, 7, 9]},
             {"prompt_ids": [], "chosen_ids": [9], "rejected_ids": [9]}]

@@ -27,11 +27,11 @@ def overrides(root, dropout: float) -> list[str]:
 
 def worker(root) -> dict:
     """The engine as ``setup`` leaves it: a train step, scoring, another train step (forwards recorded)."""
-    from rm_ds import dist
+    from rm_ds.cluster import dist
     from rm_ds.config import load_config
-    from rm_ds.engine import score_batches, train_step
-    from rm_ds.dataset import rows_at
-    from rm_ds.train import setup
+    from rm_ds.train.engine import score_batches, train_step
+    from rm_ds.data.dataset import rows_at
+    from rm_ds.train.recipe import setup
 
     out = {}
     for dropout in (0.5, 0.0):
@@ -65,12 +65,12 @@ def test_dropout_active_in_training_steps_only(tmp_path):
 
 def bf16_mixed_worker(root) -> dict:
     """One bf16-mixed training step and one scoring pass, with the dtypes a Linear layer produced."""
-    from rm_ds import dist
+    from rm_ds.cluster import dist
     from rm_ds.config import load_config
-    from rm_ds.dataset import rows_at
-    from rm_ds.engine import score_batches, train_step
+    from rm_ds.data.dataset import rows_at
+    from rm_ds.train.engine import score_batches, train_step
     from rm_ds.model import rewards
-    from rm_ds.train import setup
+    from rm_ds.train.recipe import setup
 
     cfg = load_config(None, [*overrides(root, 0.0), "model.dtype=bf16-mixed", "deepspeed.config=zero0"])
     tr = setup(cfg, dist.current())

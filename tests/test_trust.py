@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rm_ds.run_state import rng_state, set_rng_state
+from rm_ds.train.run_state import rng_state, set_rng_state
 from rm_ds.config import load_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rm_ds"

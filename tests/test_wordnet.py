@@ -1,4 +1,4 @@
-"""Tests for rm_ds.wordnet against the real WordNet 3.0 files (Debian ``wordnet-base``).
+"""Tests for rm_ds.data.wordnet against the real WordNet 3.0 files (Debian ``wordnet-base``).
 
 Run: ``PYTHONPATH=. python -m pytest tests/test_wordnet.py -q``
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rm_ds.wordnet import (
+from rm_ds.data.wordnet import (
     POS_FILES,
     Synset,
     _existing_manifest,
@@ -275,7 +275,7 @@ def test_cli_other_seed_size_and_hard_fraction(
     cmd = [
         sys.executable,
         "-m",
-        "rm_ds.wordnet",
+        "rm_ds.data.wordnet",
         "--out",
         str(tmp_path / "d"),
         "--n-train",
@@ -309,7 +309,7 @@ def test_cli_other_seed_size_and_hard_fraction(
 
 @needs_wordnet
 def test_output_loads_with_load_pairs(built: tuple[Path, dict]) -> None:
-    from rm_ds.data import load_pairs
+    from rm_ds.data.pairs import load_pairs
 
     out, _ = built
     ds, report = load_pairs(str(out / "eval.jsonl"))

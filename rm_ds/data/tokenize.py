@@ -1,0 +1,212 @@
+"""Tokenise canonical preference pairs (see ``rm_ds.data.pairs``) into prompt / response token ids.
+
+Each pair keeps its prompt and its two responses as separate id lists, split on one token boundary,
+so the unshared path (``prompt + chosen`` and ``prompt + rejected`` as two rows) and a prefix-shared
+path see exactly the same ids::
+
+    prompt_ids   = [CLS] what does the noun " dog " mean ? [SEP]      (text pairs, BERT tokenizer)
+    chosen_ids   = a domestic canine ... [SEP]                         (response + eos: the score token)
+    rejected_ids = a large feline ... [SEP]
+
+Rules:
+- With a chat template (chat data, or text data with ``chat_template=True``) the prompt is the
+  template rendered with ``add_generation_prompt=True`` and the response is what the full
+  conversation adds after it; trailing whitespace after the final eos is removed so the last token
+  is eos. Without a template: ``tokenizer(prompt)`` (with its special tokens) and
+  ``tokenizer(separator + response, add_special_tokens=False) + [eos]``.
+- The score token is always the response's last token, eos.
+- Over ``max_length``: the prompt is cut from the left first (keeping a leading BOS/CLS token);
+  only when the response alone is too long is it cut (keeping eos last) or the pair dropped.
+- A pair whose chosen and rejected ids end up identical (cut to a shared beginning, or texts that
+  differ only in what the tokenizer normalises away) teaches nothing: it is dropped and counted as
+  ``dropped_identical``.
+- Results are cached by ``datasets.map`` (its fingerprint covers the tokenizer and options).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_len", "rejected_len", "pair_len", "status")
+
+
+@dataclass(frozen=True)
+class TokenizeOptions:
+    max_length: int
+    """Cap on prompt + response tokens per sequence."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """What to do when the response alone exceeds the cap."""
+    chat_template: bool = False
+    """Render text pairs through the tokenizer's chat template."""
+    response_separator: str = "\n"
+    """Text placed before the response when no template is used."""
+
+
+@dataclass
+class TokenizeReport:
+    n_pairs: int = 0
+    n_kept: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    """status -> count: ok, prompt_truncated, response_truncated, dropped_overlong, dropped_template,
+    dropped_identical."""
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+        return f"{self.n_kept}/{self.n_pairs} pairs kept ({parts})"
+
+
+def eos_id(tokenizer) -> int:
+    """The score token: eos, else sep (BERT-style tokenizers have no eos)."""
+    tid = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if tid is None:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} has neither an eos nor a sep token: set one")
+    return int(tid)
+
+
+def leading_special_ids(tokenizer) -> set[int]:
+    return {t for t in (tokenizer.bos_token_id, tokenizer.cls_token_id) if t is not None}
+
+
+def _strip_to_eos(ids: list[int], eos: int, whitespace_ids: set[int]) -> list[int]:
+    """Drop trailing whitespace tokens after the last eos; append eos if the response lacks one."""
+    end = len(ids)
+    while end > 0 and ids[end - 1] in whitespace_ids:
+        end -= 1
+    ids = ids[:end]
+    if not ids or ids[-1] != eos:
+        ids = ids + [eos]
+    return ids
+
+
+def _as_messages(x: Any, role: str) -> list[dict]:
+    return [{"role": role, "content": x}] if isinstance(x, str) else list(x)
+
+
+def encode_pair(tokenizer, fmt: str, prompt, chosen, rejected, opts: TokenizeOptions, eos: int,
+                 ws: set[int]) -> tuple[list[int], list[int], list[int]] | None:
+    if fmt == "chat" or opts.chat_template:
+        if not tokenizer.chat_template:
+            raise ValueError("chat-format data (or data.chat_template=true) needs a tokenizer with a chat template")
+        p_msgs = _as_messages(prompt, "user") if prompt else []
+        p_text = tokenizer.apply_chat_template(p_msgs, add_generation_prompt=True, tokenize=False) if p_msgs else ""
+        out = []
+        for resp in (chosen, rejected):
+            full = tokenizer.apply_chat_template(p_msgs + _as_messages(resp, "assistant"), tokenize=False)
+            if not full.startswith(p_text):
+                return None  # the template renders the prompt differently inside a conversation
+            out.append(tokenizer(full[len(p_text):].rstrip(), add_special_tokens=False)["input_ids"])
+        p_ids = tokenizer(p_text, add_special_tokens=False)["input_ids"] if p_text else []
+        return p_ids, _strip_to_eos(out[0], eos, ws), _strip_to_eos(out[1], eos, ws)
+    p_ids = tokenizer(prompt)["input_ids"]
+    c_ids = tokenizer(opts.response_separator + chosen, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(opts.response_separator + rejected, add_special_tokens=False)["input_ids"]
+    return p_ids, _strip_to_eos(c_ids, eos, ws), _strip_to_eos(r_ids, eos, ws)
+
+
+def fit_to_length(p_ids: list[int], c_ids: list[int], r_ids: list[int], *, max_length: int,
+                  overlong: str, lead: set[int], eos: int) -> tuple[list[int], list[int], list[int], str]:
+    """Apply the truncation policy; returns the ids and a status string.
+
+    The prompt loses tokens from its left (after a leading BOS/CLS, which stays) until the longer
+    response fits. If even one prompt token cannot stay, the response is too long on its own:
+    ``drop`` removes the pair, ``truncate`` keeps the prompt's lead and last token and cuts both
+    responses from the right, eos kept last.
+    """
+    resp = max(len(c_ids), len(r_ids))
+    if len(p_ids) + resp <= max_length:
+        return p_ids, c_ids, r_ids, "ok"
+    keep_lead = 1 if p_ids and p_ids[0] in lead else 0
+    room = max_length - resp  # tokens the prompt may keep
+    if room >= keep_lead + 1:
+        return p_ids[:keep_lead] + p_ids[len(p_ids) - (room - keep_lead):], c_ids, r_ids, "prompt_truncated"
+    if overlong == "drop":
+        return p_ids, c_ids, r_ids, "dropped_overlong"
+    p_keep = p_ids[:keep_lead] + (p_ids[-1:] if len(p_ids) > keep_lead else [])
+    limit = max_length - len(p_keep)
+
+    def cut(ids: list[int]) -> list[int]:
+        return ids if len(ids) <= limit else ids[: limit - 1] + [eos]
+
+    return p_keep, cut(c_ids), cut(r_ids), "response_truncated"
+
+
+TOKENIZE_VERSION = "2"
+"""Bump when the tokenisation rules change: it is part of every cache key."""
+
+
+def cache_key(source_digest: str, tokenizer, opts: TokenizeOptions) -> str:
+    """Content key for the tokenised cache: the source data, the tokenizer's vocabulary, special tokens
+    and chat template, the options, and the rules' version."""
+    h = hashlib.sha256()
+    vocab = tokenizer.get_vocab()
+    for part in (TOKENIZE_VERSION, source_digest, json.dumps(sorted(vocab.items())), str(tokenizer.chat_template),
+                 json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str), repr(opts)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def length_columns(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int]) -> dict[str, int]:
+    """One pair's ``chosen_len`` and ``rejected_len`` (prompt + response) and ``pair_len`` (their max)."""
+    p = len(prompt_ids)
+    return {"chosen_len": p + len(chosen_ids), "rejected_len": p + len(rejected_ids),
+            "pair_len": p + max(len(chosen_ids), len(rejected_ids))}
+
+
+def token_columns(rows: list[dict]) -> dict[str, list]:
+    """Rows of ``prompt_ids``/``chosen_ids``/``rejected_ids`` as the columns ``tokenize_pairs`` gives
+    (ids and lengths), for pairs tokenised elsewhere: ``pair_lengths`` and ``build_sampler`` take them."""
+    cols: dict[str, list] = {k: [r[k] for r in rows] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    lengths = [length_columns(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for r in rows]
+    for k in ("chosen_len", "rejected_len", "pair_len"):
+        cols[k] = [x[k] for x in lengths]
+    return cols
+
+
+def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1, cache_file: str | None = None):
+    """Map a canonical pair dataset to token ids; returns (dataset, TokenizeReport).
+
+    With ``cache_file`` (named by ``cache_key``), ``datasets.map`` writes the result there and later
+    runs with the same data, tokenizer and options load it instead of tokenising again.
+
+    Added columns: ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` (responses only), ``chosen_len``
+    and ``rejected_len`` (prompt + response), ``pair_len`` (their max: the padded length the pair
+    needs) and ``status``. Dropped pairs are removed and counted.
+    """
+    eos = eos_id(tokenizer)
+    lead = leading_special_ids(tokenizer)
+    ws = {tid for tid in tokenizer.convert_tokens_to_ids(tokenizer.tokenize("\n \n\n"))
+          if tid is not None and tid != eos}
+
+    def encode(batch: dict) -> dict:
+        out = {c: [] for c in TOKEN_COLUMNS}
+        for fmt, p, c, r in zip(batch["format"], batch["prompt"], batch["chosen"], batch["rejected"]):
+            enc = encode_pair(tokenizer, fmt, p, c, r, opts, eos, ws)
+            if enc is None:
+                p_ids, c_ids, r_ids, status = [], [eos], [eos], "dropped_template"
+            else:
+                p_ids, c_ids, r_ids, status = fit_to_length(*enc, max_length=opts.max_length,
+                                                            overlong=opts.overlong, lead=lead, eos=eos)
+                if c_ids == r_ids and not status.startswith("dropped"):
+                    status = "dropped_identical"
+            out["prompt_ids"].append(p_ids)
+            out["chosen_ids"].append(c_ids)
+            out["rejected_ids"].append(r_ids)
+            for k, v in length_columns(p_ids, c_ids, r_ids).items():
+                out[k].append(v)
+            out["status"].append(status)
+        return out
+
+    if cache_file:
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+    mapped = ds.map(encode, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
+                    desc="tokenizing pairs", cache_file_name=cache_file, load_from_cache_file=cache_file is not None)
+    counts = Counter(mapped["status"])
+    kept = mapped.filter(lambda s: not s.startswith("dropped"), input_columns="status")
+    report = TokenizeReport(n_pairs=len(mapped), n_kept=len(kept), counts=dict(counts))
+    return kept, report

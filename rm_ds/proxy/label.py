@@ -1,0 +1,212 @@
+"""``rm-ds label``: a gold reward model scores every sampled response; winners become training pairs.
+
+    rm-ds label --gold runs/default/export/final --samples samples.jsonl \
+        --out-scored labelled.jsonl --out-pairs pairs.jsonl [--tie-eps 0.0] [--margin]
+
+Input and ``--out-scored`` are scored-responses JSONL (NOTICE contract 4); the output rows are the
+input rows with ``rewards`` (and ``gold``, the scorer's name) added. Rewards are aligned by prompt id
+and response index: every response becomes an item keyed ``(id, j)``, the items are scored in an
+order of their own (longest first, which also keeps batches tight), and each reward goes back to
+its key, so an order change anywhere between reading and scoring cannot misplace one.
+
+``--out-pairs`` holds one pair per two responses of a prompt (all i < j; the usual n = 2 gives one):
+the higher gold reward is ``chosen``; ``gold_chosen``/``gold_rejected`` record both rewards and, with
+``--margin``, ``margin`` is their difference (train with ``data.margin_field=margin``); ``gold_pref`` is the
+gold's own Bradley-Terry probability that ``chosen`` wins, sigmoid(gold_chosen - gold_rejected), a soft label
+(train with ``data.pref_field=gold_pref`` to distil the gold's confidence instead of hard winners). A pair whose
+gold rewards differ by at most ``tie_eps`` is a tie: skipped and counted, and the tie rate printed;
+so are pairs of identical or empty responses, which a pair file cannot hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ScoreFn = Callable[[list, list], np.ndarray]
+"""``score(prompts, responses) -> rewards`` of shape (N,) or (N, K): NOTICE contract 3's Scorer.score_responses."""
+
+
+class LabelError(ValueError):
+    """Bad scored-responses rows or scores; names the file, line and field."""
+
+
+def read_scored(path: str | Path, *, need_rewards: bool = False) -> list[dict]:
+    """Scored-responses rows, validated: ``id`` unique, ``prompt`` str or messages, ``responses`` strings."""
+    rows, seen = [], {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LabelError(f"{where}: invalid JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise LabelError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for key in ("id", "prompt", "responses"):
+                if row.get(key) is None:
+                    raise LabelError(f"{where}: field '{key}': missing")
+            rid = str(row["id"])
+            if rid in seen:
+                raise LabelError(f"{where}: field 'id': duplicate id {rid!r} (first at line {seen[rid]})")
+            seen[rid] = line_no
+            row["id"] = rid
+            if not isinstance(row["prompt"], (str, list)):
+                raise LabelError(f"{where}: field 'prompt': expected a string or a message list")
+            resp = row["responses"]
+            if not isinstance(resp, list) or not resp or not all(isinstance(r, str) for r in resp):
+                raise LabelError(f"{where}: field 'responses': expected a non-empty list of strings")
+            rewards = row.get("rewards")
+            if rewards is None and need_rewards:
+                raise LabelError(f"{where}: field 'rewards': missing (label the file with rm-ds label first)")
+            if rewards is not None and (not isinstance(rewards, list) or len(rewards) != len(resp)
+                                        or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                   and np.isfinite(x) for x in rewards)):
+                raise LabelError(f"{where}: field 'rewards': expected {len(resp)} finite numbers, one per response")
+            rows.append(row)
+    if not rows:
+        raise LabelError(f"{path}: no rows")
+    return rows
+
+
+def score_rows(rows: list[dict], score: ScoreFn, *, objective: int | None = None) -> dict[tuple[str, int], float]:
+    """Score every response once; returns ``{(prompt id, response index): reward}``.
+
+    Items are sent longest first (not in file order) and mapped back by key.
+    """
+    keys = [(r["id"], j) for r in rows for j in range(len(r["responses"]))]
+    text = {(r["id"], j): (r["prompt"], resp) for r in rows for j, resp in enumerate(r["responses"])}
+
+    def size(k):
+        p, resp = text[k]
+        return len(resp) + (len(p) if isinstance(p, str) else sum(len(m.get("content", "")) for m in p))
+
+    order = sorted(keys, key=lambda k: (-size(k), k))
+    out = np.asarray(score([text[k][0] for k in order], [text[k][1] for k in order]), dtype=np.float64)
+    if out.ndim == 2:
+        if out.shape[1] == 1:
+            out = out[:, 0]
+        elif objective is None:
+            raise LabelError(f"the gold model gives {out.shape[1]} objectives per response: pick one with --objective")
+        else:
+            if not 0 <= objective < out.shape[1]:
+                raise LabelError(f"--objective: {objective} is not in 0..{out.shape[1] - 1}")
+            out = out[:, objective]
+    if out.shape != (len(order),):
+        got = out.shape[0] if out.ndim else 0
+        raise LabelError(f"the gold model returned {got} rewards for {len(order)} responses")
+    if not np.all(np.isfinite(out)):
+        bad = [order[i] for i in np.flatnonzero(~np.isfinite(out))[:3]]
+        raise LabelError(f"the gold model returned non-finite rewards (first at {bad})")
+    return dict(zip(order, out.tolist()))
+
+
+def attach_rewards(rows: list[dict], rewards: dict[tuple[str, int], float], *, gold: str | None = None) -> list[dict]:
+    """Copies of ``rows`` with ``rewards`` (and ``gold``) set from the keyed rewards."""
+    out = []
+    for r in rows:
+        new = dict(r)
+        new["rewards"] = [rewards[(r["id"], j)] for j in range(len(r["responses"]))]
+        if gold is not None:
+            new["gold"] = gold
+        out.append(new)
+    return out
+
+
+@dataclass
+class PairStats:
+    prompts: int = 0
+    """Rows read."""
+    candidates: int = 0
+    """Response pairs considered (n*(n-1)/2 per prompt)."""
+    pairs: int = 0
+    """Pairs written."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Reason -> pairs skipped: "tie" (|gold difference| <= tie_eps), "identical responses", "empty response"."""
+
+    @property
+    def tie_rate(self) -> float:
+        return self.skipped.get("tie", 0) / max(1, self.candidates)
+
+    def summary(self) -> str:
+        return (f"{self.pairs} pairs from {self.prompts} prompts ({self.candidates} candidate pairs); "
+                f"ties {self.skipped.get('tie', 0)} (tie rate {self.tie_rate:.2%}); skipped {self.skipped}")
+
+
+def make_pairs(rows: list[dict], *, tie_eps: float = 0.0, margin: bool = False) -> tuple[list[dict], PairStats]:
+    """Preference pairs from labelled rows: the higher gold reward is chosen; ties skipped and counted."""
+    if tie_eps < 0:
+        raise LabelError(f"--tie-eps: must be >= 0, got {tie_eps}")
+    pairs, stats = [], PairStats(prompts=len(rows))
+    for r in rows:
+        resp, rew = r["responses"], r["rewards"]
+        for i in range(len(resp)):
+            for j in range(i + 1, len(resp)):
+                stats.candidates += 1
+                reason = None
+                if not resp[i].strip() or not resp[j].strip():
+                    reason = "empty response"
+                elif resp[i] == resp[j]:
+                    reason = "identical responses"
+                elif abs(rew[i] - rew[j]) <= tie_eps:
+                    reason = "tie"
+                if reason:
+                    stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+                    continue
+                c, w = (i, j) if rew[i] > rew[j] else (j, i)
+                pair = {"id": f"{r['id']}:{c}>{w}", "prompt": r["prompt"], "chosen": resp[c], "rejected": resp[w],
+                        "gold_chosen": rew[c], "gold_rejected": rew[w],
+                        "gold_pref": 1.0 / (1.0 + math.exp(-(rew[c] - rew[w])))}
+                if margin:
+                    pair["margin"] = rew[c] - rew[w]
+                if "source" in r:
+                    pair["source"] = r["source"]
+                pairs.append(pair)
+    stats.pairs = len(pairs)
+    return pairs, stats
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """All rows to a temporary file, fsync, rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def label(samples: str, score: ScoreFn, *, out_scored: str, out_pairs: str | None, tie_eps: float = 0.0,
+          margin: bool = False, gold: str | None = None, objective: int | None = None) -> PairStats:
+    """Read, score, attach, pair, write. ``score`` is the gold model's ``score_responses``."""
+    rows = read_scored(samples)
+    labelled = attach_rewards(rows, score_rows(rows, score, objective=objective), gold=gold)
+    pairs, stats = make_pairs(labelled, tie_eps=tie_eps, margin=margin)
+    write_jsonl(out_scored, labelled)
+    if out_pairs:
+        if not pairs:
+            raise LabelError(f"{samples}: no pairs left ({stats.summary()})")
+        write_jsonl(out_pairs, pairs)
+    return stats
+
+
+def main(args) -> int:
+    """The ``rm-ds label`` entry (args from rm_ds.cli)."""
+    from rm_ds.serve.scorer import load_scorer
+
+    scorer = load_scorer(args.gold, step=args.step, dtype=args.dtype)
+    stats = label(args.samples, scorer.score_responses, out_scored=args.out_scored, out_pairs=args.out_pairs,
+                  tie_eps=args.tie_eps, margin=args.margin, gold=args.gold, objective=args.objective)
+    print(f"label: {stats.summary()}", flush=True)
+    print(f"label: wrote {args.out_scored}" + (f" and {args.out_pairs}" if args.out_pairs else ""), flush=True)
+    return 0

@@ -1,0 +1,188 @@
+"""Checkpoints that resume exactly: DeepSpeed states plus the trainer's own state, written safely.
+
+Layout under ``run_dir/checkpoints/``::
+
+    step_00000040/            DeepSpeed shards (model, optimizer, scheduler) + trainer state
+        rng_rank0.pt ...      each rank's RNG states (dropout streams differ per rank)
+        COMPLETE              written last, after every rank has finished writing
+    latest                    name of the newest COMPLETE checkpoint, replaced atomically
+
+A checkpoint is written into a fresh ``.partial-step_*`` directory, marked complete, then renamed to
+its tag, and only then does ``latest`` move: a run killed while saving leaves the previous good
+checkpoint, and ``latest``, untouched, and a complete tag is never written into. rm_ds's own files
+(``rng_rank*.pt``, ``COMPLETE``) load without unpickling (``weights_only=True``, JSON); DeepSpeed's
+shards are pickles: load checkpoints only from run directories you trust. Retention keeps the last
+``train.keep_checkpoints`` plus the best step's checkpoint.
+
+Run state (``rm_ds.train.run_state.RunState``): step, sampler position (epoch, step in epoch),
+early-stopping state (best metric and counter) and RNG; plus the world size (a resume on another
+world size would change the global batches, so it is refused) and a hash of the training-relevant
+config. The layout and the engine-free readers are in ``rm_ds.train.checkpoint_files``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+
+from rm_ds.cluster import dist
+from rm_ds.train.checkpoint_files import (
+    COMPLETE,
+    LATEST,
+    OLD,
+    PARTIAL,
+    checkpoint_root,
+    complete_tags,
+    find_resume,
+    read_state,
+    tag_for,
+)
+from rm_ds.config import ConfigError, config_to_dict, flatten
+from rm_ds.train.engine import load_checkpoint, save_checkpoint
+from rm_ds.train.run_state import RunState
+
+__all__ = ["COMPLETE", "LATEST", "checkpoint_root", "complete_tags", "config_hash", "fault", "find_resume", "prune",
+           "restore", "save", "tag_for"]
+
+log = logging.getLogger(__name__)
+# Sections that may change between a run and its resume without changing what is trained.
+_RESUME_FREE = ("logging", "resume", "eval")
+TRAJECTORY_FREE = ("logging.", "resume", "resume_override", "dist.", "eval.every_steps", "eval.token_budget",
+                   "eval.thresholds", "eval.ece_bins", "eval.save_scores", "data.eval_path", "data.eval_split",
+                   "data.max_eval_pairs", "data.num_proc", "data.cache_dir", "train.save_every_steps",
+                   "train.keep_checkpoints", "train.export")
+"""Config keys (or prefixes ending in '.') that a resume may change: they cannot alter the weights' trajectory."""
+OVERRIDES_LOG = "resume_overrides.jsonl"
+
+
+def config_hash(cfg) -> str:
+    d = {k: v for k, v in config_to_dict(cfg).items() if k not in _RESUME_FREE}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("max_steps", "save_every_steps",
+                                                                    "keep_checkpoints", "export")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fault(point: str, step: int) -> None:
+    """Test hook: ``RM_DS_FAULT=<point>:<step>`` makes every rank SIGKILL itself there.
+
+    Points: ``after_step`` (after step N and its checkpoint, if any), ``in_save`` (during the save at
+    step N, after the shards are written but before the checkpoint is marked complete).
+    """
+    spec = os.environ.get("RM_DS_FAULT", "")
+    if spec and spec == f"{point}:{step}":
+        dist.barrier()
+        log.warning("RM_DS_FAULT: killing rank at %s of step %d", point, step)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save(engine, state: RunState, *, run_dir: str | Path, rank: int, world_size: int, cfg_hash: str,
+         keep_last: int, config: dict | None = None) -> Path:
+    """Checkpoint ``engine`` and ``state`` at ``state.step`` on every rank; rank 0 marks it complete and
+    prunes to the last ``keep_last`` plus the best step's checkpoint. ``config``: the resolved config
+    tree, saved so that a resume can name the keys that differ.
+
+    Never writes into a tag that is already marked complete (a run resumed from its final checkpoint
+    saves that step again): every rank writes into a fresh hidden directory, rank 0 marks it
+    ``COMPLETE`` and only then renames it to the tag (the old copy moved aside first) and moves
+    ``latest``. A kill at any point leaves the previous complete checkpoint intact.
+    """
+    root = checkpoint_root(run_dir)
+    tag = tag_for(state.step)
+    staging = f"{PARTIAL}{tag}"
+    full = state.state_dict()
+    rng = full.pop("rng")
+    saved = {**full, "world_size": world_size, "config_hash": cfg_hash, "config": config}
+    if rank == 0 and (root / staging).exists():
+        shutil.rmtree(root / staging)  # left by a run killed while saving
+    dist.barrier()
+    save_checkpoint(engine, str(root), staging, {"rm_ds": saved})
+    torch.save(rng, root / staging / f"rng_rank{rank}.pt")
+    dist.barrier()
+    fault("in_save", state.step)
+    if rank == 0:
+        (root / staging / COMPLETE).write_text(json.dumps(saved) + "\n")
+        old = root / f"{OLD}{tag}"
+        if (root / tag).exists():
+            os.replace(root / tag, old)
+        os.replace(root / staging, root / tag)
+        tmp = root / f".{LATEST}.tmp"
+        tmp.write_text(tag + "\n")
+        os.replace(tmp, root / LATEST)
+        shutil.rmtree(old, ignore_errors=True)
+        best = state.best_step
+        prune(root, keep_last=keep_last, keep={tag_for(best)} if best else set())
+    dist.wait_for_all()  # rank 0 marked and pruned alone
+    log.info("checkpoint %s saved", root / tag)
+    return root / tag
+
+
+def prune(root: Path, *, keep_last: int, keep: set[str]) -> None:
+    for p in [*root.glob(f"{PARTIAL}*"), *root.glob(f"{OLD}*")]:  # debris of runs killed while saving
+        shutil.rmtree(p, ignore_errors=True)
+    tags = complete_tags(root)
+    keep = set(keep) | set(tags[-keep_last:])
+    for p in root.glob("step_*"):
+        complete = (p / COMPLETE).exists()
+        if (complete and p.name not in keep) or (not complete and p.name < tags[-1]):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _free(key: str) -> bool:
+    return any(key.startswith(k) if k.endswith(".") else key == k for k in TRAJECTORY_FREE)
+
+
+def check_resume_config(saved: dict, cfg, where: Path, *, rank: int) -> None:
+    """Refuse to resume a checkpoint into a run whose config differs in a key that changes training,
+    unless ``cfg.resume_override`` lists every such key (the override is then recorded in run_dir)."""
+    if saved.get("config") is None:  # written before checkpoints carried their config
+        if saved["config_hash"] != config_hash(cfg) and not cfg.resume_override:
+            raise ConfigError(f"resume: the training config differs from the one {where} was written with (that "
+                              f"checkpoint does not record which keys); start a new run, or list the keys you "
+                              f"changed in resume_override")
+        return
+    old, new = flatten(saved["config"]), flatten(config_to_dict(cfg))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _free(k))
+    unapproved = [k for k in changed if k not in cfg.resume_override]
+    if unapproved:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in unapproved)
+        raise ConfigError(f"resume: {where} was written by a run with other settings ({diffs}); resuming would "
+                          f"silently mix two runs. Restore those values, start a new logging.run_dir, or accept "
+                          f"the change with resume_override=[{','.join(unapproved)}] (recorded in the run)")
+    if changed and rank == 0:
+        record = {"step": saved["step"], "checkpoint": str(where),
+                  "overrides": {k: [old.get(k), new.get(k)] for k in changed}}
+        with open(Path(cfg.logging.run_dir) / OVERRIDES_LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.warning("resume: overriding %s as resume_override allows (recorded in %s)",
+                    ", ".join(f"{k}={new.get(k)!r}" for k in changed), OVERRIDES_LOG)
+
+
+def restore(engine, state: RunState, root: Path, tag: str, *, rank: int, world_size: int, cfg_hash: str,
+            cfg=None) -> None:
+    """Load DeepSpeed states into ``engine`` and the run state saved at ``tag`` into ``state``.
+
+    With ``cfg`` (the new run's config) a checkpoint written with other training settings is refused,
+    naming the keys (``check_resume_config``)."""
+    saved = read_state(root, tag)
+    if saved["world_size"] != world_size:
+        raise ConfigError(f"resume: {root / tag} was written by {saved['world_size']} ranks and this run has "
+                           f"{world_size}; the global batches would differ, so an exact resume is "
+                           f"impossible. Resume with {saved['world_size']} ranks, or start a new run.")
+    if cfg is not None:
+        check_resume_config(saved, cfg, root / tag, rank=rank)
+    elif saved["config_hash"] != cfg_hash:
+        log.warning("resume: the training config differs from the one %s was written with", tag)
+    load_checkpoint(engine, str(root), tag)
+    rng_file = root / tag / f"rng_rank{rank}.pt"
+    rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
+    state.load_state_dict({**saved, "rng": rng})
+    log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", root / tag, state.step,
+             saved["sampler"]["epoch"], saved["sampler"]["step"])
