@@ -4,7 +4,24 @@ Install torch first (``pip install torch==2.13.0`` on CPU machines), then ``pip 
 ``launch/setup.sh`` does both, idempotently.
 """
 
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithDeepSpeedConfigs(build_py):
+    """Copy the top-level ``ds_configs/*.json`` (the one source) into the built package as
+    ``rm_ds/ds_configs/``, where ``rm_ds.config`` looks when the repo root is not beside the package."""
+
+    def run(self):
+        super().run()
+        out = Path(self.build_lib) / "rm_ds" / "ds_configs"
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted((Path(__file__).resolve().parent / "ds_configs").glob("*.json")):
+            shutil.copy2(f, out / f.name)
+
 
 setup(
     name="rm_ds",
@@ -37,5 +54,6 @@ setup(
         "test": ["pytest", "hypothesis", "scikit-learn", "mpi4py", "ruff"],
         "bench": ["trl"],
     },
+    cmdclass={"build_py": BuildWithDeepSpeedConfigs},
     entry_points={"console_scripts": ["rm-ds=rm_ds.cli:main"]},
 )

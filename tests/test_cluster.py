@@ -41,7 +41,7 @@ def _env(**extra) -> dict:
 def _joined(log: str) -> dict[int, str]:
     """rank -> the line rm_ds.cluster.dist prints when a rank joins."""
     return {int(m.group(1)): m.group(0)
-            for m in re.finditer(r"\[rank\d\] rm_ds\.dist: joined world size 2 as rank (\d) \([^)]*\)", log)}
+            for m in re.finditer(r"\[rank\d\] rm_ds\.cluster\.dist: joined world size 2 as rank (\d) \([^)]*\)", log)}
 
 
 def _check_trained(run_dir: Path, steps: int = 8) -> None:
