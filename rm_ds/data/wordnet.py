@@ -142,7 +142,7 @@ def split_of(lemma: str) -> str:
 
 
 def _split_of_key(key: str) -> str:
-    digest = hashlib.sha256(("rm_ds.data.wordnet:" + key).encode("utf-8")).digest()
+    digest = hashlib.sha256(("rm_ds.wordnet:" + key).encode("utf-8")).digest()
     return "eval" if int.from_bytes(digest[:8], "big") % 100 < EVAL_BUCKETS else "train"
 
 
