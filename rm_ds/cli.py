@@ -35,8 +35,9 @@ import os
 import sys
 from pathlib import Path
 
-from rm_ds.config import ConfigError, load_config
-from rm_ds.data.pairs import DataError
+from rm_ds.config import load_config
+from rm_ds.errors import ConfigError
+from rm_ds.errors import DataError
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config value or key (argparse uses 2 for a bad command line too)."""
@@ -230,7 +231,7 @@ def _main(argv: list[str] | None) -> None:
         except (LabelError, FileNotFoundError) as e:
             sys.exit(f"rm-ds {args.command}: {e}")
     elif args.command == "inspect":
-        from rm_ds.data.pairs import DataError
+        from rm_ds.errors import DataError
         from rm_ds.data.inspect import main as inspect_main
         from rm_ds.proxy.label import LabelError
 

@@ -24,14 +24,12 @@ from typing import Any, Literal
 
 import yaml
 
+from rm_ds.errors import ConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIGS_DIR = PACKAGE_DIR / "configs"
 # ds_configs/ sits at the repo root (fixed layout); an installed wheel carries a copy in the package.
 DS_CONFIGS_DIRS = (PACKAGE_DIR.parent / "ds_configs", PACKAGE_DIR / "ds_configs")
-
-
-class ConfigError(ValueError):
-    """A config value or key is wrong; the message names the key."""
 
 
 @dataclass

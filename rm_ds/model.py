@@ -17,7 +17,8 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from rm_ds.builtin import resolve_model
-from rm_ds.config import ConfigError, ModelConfig
+from rm_ds.config import ModelConfig
+from rm_ds.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

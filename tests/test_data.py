@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from rm_ds.data.pairs import CHAT_FEATURES, TEXT_FEATURES, DataError, LoadReport, load_pairs
+from rm_ds.data.validate import PairFields
+from rm_ds.data.pairs import CHAT_FEATURES, TEXT_FEATURES, LoadReport, load_pairs
+from rm_ds.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +87,7 @@ def test_jsonl_text_round_trip(tmp_path: Path) -> None:
 def test_json_array_uses_zero_based_rows(tmp_path: Path) -> None:
     path = tmp_path / "pairs.json"
     path.write_text(json.dumps(TEXT_ROWS))
-    ds, report = load_pairs(str(path), id_field=None)
+    ds, report = load_pairs(str(path), fields=PairFields(id=None))
     assert ds["chosen"] == ["4", "Paris", "yes"]
     assert ds["row"] == [0, 1, 2]
     assert ds["pair_id"] == ["pairs:0", "pairs:1", "pairs:2"]
@@ -121,7 +123,7 @@ def test_parquet_round_trip(tmp_path: Path) -> None:
         ),
         path,
     )
-    ds, report = load_pairs(str(path), margin_field="score_gap")
+    ds, report = load_pairs(str(path), fields=PairFields(margin="score_gap"))
     assert ds.features == TEXT_FEATURES
     assert ds["margin"] == [0.0, 1.0, 2.0]
     assert ds["pair_id"] == ["a", "b", "c"]
@@ -187,7 +189,7 @@ def test_prompt_absent_from_whole_file_gives_empty_prompt(tmp_path: Path) -> Non
 def test_explicitly_named_prompt_field_must_exist(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "t.jsonl", TEXT_ROWS)
     with pytest.raises(DataError, match=r"t\.jsonl: field 'question' occurs in no row"):
-        load_pairs(str(path), prompt_field="question")
+        load_pairs(str(path), fields=PairFields(prompt="question"))
 
 
 def test_custom_field_names(tmp_path: Path) -> None:
@@ -196,13 +198,8 @@ def test_custom_field_names(tmp_path: Path) -> None:
     ]
     ds, _ = load_pairs(
         str(write_jsonl(tmp_path / "c.jsonl", rows)),
-        prompt_field="q",
-        chosen_field="good",
-        rejected_field="bad",
-        id_field="uid",
-        margin_field="gap",
-        weight_field="w",
-        source_field="origin",
+        fields=PairFields(prompt="q", chosen="good", rejected="bad", id="uid", margin="gap", weight="w",
+                          source="origin"),
     )
     assert ds[0] == {
         "pair_id": "7",
@@ -387,42 +384,42 @@ INVALID: list[tuple[str, dict[str, Any], str, str, dict[str, Any]]] = [
         {**GOOD, "margin": "1.5"},
         "margin",
         "not a finite number in field 'margin'",
-        {"margin_field": "margin"},
+        {"margin": "margin"},
     ),
     (
         "margin nan",
         {**GOOD, "margin": float("nan")},
         "margin",
         "not a finite number in field 'margin'",
-        {"margin_field": "margin"},
+        {"margin": "margin"},
     ),
     (
         "margin missing",
         dict(GOOD),
         "margin",
         "missing field 'margin'",
-        {"margin_field": "margin"},
+        {"margin": "margin"},
     ),
     (
         "weight inf",
         {**GOOD, "weight": float("inf")},
         "weight",
         "not a finite number in field 'weight'",
-        {"weight_field": "weight"},
+        {"weight": "weight"},
     ),
     (
         "weight bool",
         {**GOOD, "weight": True},
         "weight",
         "not a finite number in field 'weight'",
-        {"weight_field": "weight"},
+        {"weight": "weight"},
     ),
     (
         "weight negative",
         {**GOOD, "weight": -0.5},
         "weight",
         "negative weight in field 'weight'",
-        {"weight_field": "weight"},
+        {"weight": "weight"},
     ),
     (
         "source not a string",
@@ -436,7 +433,7 @@ INVALID: list[tuple[str, dict[str, Any], str, str, dict[str, Any]]] = [
         {**GOOD, "id": [1]},
         "id",
         "wrong type in field 'id'",
-        {"id_field": "id"},
+        {"id": "id"},
     ),
 ]
 CHAT_INVALID: list[tuple[str, dict[str, Any], str, str, dict[str, Any]]] = [
@@ -517,11 +514,11 @@ def _bad_file(
 ) -> Path:
     """Line 1 good, line 2 blank, line 3 good, line 4 blank, line 5 bad, line 6 good."""
     rows: list[Any] = [good, "", good, "   ", bad, good]
-    if "margin_field" in opts:
+    if "margin" in opts:
         rows = [
             r if isinstance(r, str) or r is bad else {**r, "margin": 1.0} for r in rows
         ]
-    if "weight_field" in opts:
+    if "weight" in opts:
         rows = [
             r if isinstance(r, str) or r is bad else {**r, "weight": 1.0} for r in rows
         ]
@@ -543,9 +540,8 @@ def test_invalid_row_raises_with_file_line_and_field(
     chat: bool,
 ) -> None:
     path = _bad_file(tmp_path, CHAT_GOOD if chat else GOOD, bad, opts)
-    opts = {"id_field": None, **opts}
     with pytest.raises(DataError) as exc:
-        load_pairs(str(path), **opts)
+        load_pairs(str(path), fields=PairFields(**{"id": None, **opts}))
     text = str(exc.value)
     assert "train.jsonl line 5: " in text, text
     assert f"field '{field}'" in text, text
@@ -566,8 +562,7 @@ def test_invalid_row_is_counted_when_skipping(
     chat: bool,
 ) -> None:
     path = _bad_file(tmp_path, CHAT_GOOD if chat else GOOD, bad, opts)
-    opts = {"id_field": None, **opts}
-    ds, report = load_pairs(str(path), skip_invalid=True, **opts)
+    ds, report = load_pairs(str(path), skip_invalid=True, fields=PairFields(**{"id": None, **opts}))
     assert ds["row"] == [1, 3, 6]
     assert report.n_rows == 4 and report.n_loaded == 3
     assert report.skipped == {reason: 1}
@@ -679,14 +674,13 @@ def test_margin_weight_source_columns(tmp_path: Path) -> None:
     ]
     ds, _ = load_pairs(
         str(write_jsonl(tmp_path / "t.jsonl", rows)),
-        margin_field="margin",
-        weight_field="weight",
+        fields=PairFields(margin="margin", weight="weight"),
     )
     assert ds["margin"] == [2.0, -1.5]
     assert ds["weight"] == [0.25, 0.0]
     assert ds["source"] == ["s1", ""]
     # without the options the columns get their defaults, whatever the file holds
-    ds, _ = load_pairs(str(tmp_path / "t.jsonl"), source_field=None)
+    ds, _ = load_pairs(str(tmp_path / "t.jsonl"), fields=PairFields(source=None))
     assert (
         ds["margin"] == [0.0, 0.0]
         and ds["weight"] == [1.0, 1.0]

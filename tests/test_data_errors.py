@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rm_ds.data.pairs import DataError, load_pairs
+from rm_ds.data.validate import PairFields
+from rm_ds.data.pairs import load_pairs
+from rm_ds.errors import DataError
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -95,8 +97,8 @@ def test_weight_and_margin_ranges(tmp_path: Path, field: str, value: str, reason
     bad = good.replace('"w": 2.5' if field == "weight" else '"m": -3', f'"{field[0]}": {value}')
     f = write_lines(tmp_path / "n.jsonl", [good, bad])
     with pytest.raises(DataError, match=rf"n\.jsonl line 2: field '{field[0]}': "):
-        load_pairs(str(f), weight_field="w", margin_field="m")
-    ds, report = load_pairs(str(f), weight_field="w", margin_field="m", skip_invalid=True)
+        load_pairs(str(f), fields=PairFields(weight="w", margin="m"))
+    ds, report = load_pairs(str(f), skip_invalid=True, fields=PairFields(weight="w", margin="m"))
     assert report.skipped == {reason: 1}
     assert ds["weight"] == [2.5] and ds["margin"] == [-3.0]
 
@@ -104,5 +106,5 @@ def test_weight_and_margin_ranges(tmp_path: Path, field: str, value: str, reason
 def test_weight_and_margin_at_the_documented_limits_load(tmp_path: Path) -> None:
     f = write_lines(tmp_path / "l.jsonl", ['{"chosen": "a", "rejected": "b", "w": 1000, "m": -1000}',
                                            '{"chosen": "c", "rejected": "d", "w": 0, "m": 1e3}'])
-    ds, _ = load_pairs(str(f), weight_field="w", margin_field="m")
+    ds, _ = load_pairs(str(f), fields=PairFields(weight="w", margin="m"))
     assert ds["weight"] == [1000.0, 0.0] and ds["margin"] == [-1000.0, 1000.0]

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rm_ds.data.pairs import MAX_ABS_MARGIN, MAX_WEIGHT, DataError, load_pairs
+from rm_ds.data.pairs import load_pairs
+from rm_ds.data.validate import MAX_ABS_MARGIN, MAX_WEIGHT, PairFields
+from rm_ds.errors import DataError
 
 FIELDS = ("id", "prompt", "chosen", "rejected", "margin", "weight", "source")
 
@@ -198,7 +200,7 @@ def test_every_line_loads_or_is_a_located_data_error(tmp_path_factory, case) -> 
     path = tmp_path_factory.mktemp("fuzz") / "fuzz.jsonl"
     path.write_bytes(body)
     bad, kept = expected(lines, "fuzz")
-    opts = {"margin_field": "margin", "weight_field": "weight"}
+    opts = {"fields": PairFields(margin="margin", weight="weight")}
 
     if bad:
         n, field = bad[0]

@@ -16,7 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rm_ds.data.pairs import DataError, load_pairs
+from rm_ds.data.pairs import load_pairs
+from rm_ds.errors import DataError
 from rm_ds.data.formats import FormatOptions, detect_format, pair_indices, split_hh
 
 

@@ -76,7 +76,8 @@ def test_one_label_smoothing_rule_in_config_loss_and_metrics(eps):
     """Config, torch loss and numpy metric refuse the same out-of-range label smoothing."""
     import numpy as np
 
-    from rm_ds.config import ConfigError, load_config
+    from rm_ds.config import load_config
+    from rm_ds.errors import ConfigError
     from rm_ds.eval.metrics import bt_loss_per_pair
 
     with pytest.raises(ConfigError, match="loss.label_smoothing: must be in"):

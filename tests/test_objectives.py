@@ -131,7 +131,8 @@ def test_loss_counts_labelled_entries_hand_worked() -> None:
 
 def test_load_and_collate_objectives(tmp_path) -> None:
     from rm_ds.data.collate import collate_pairs
-    from rm_ds.data.pairs import DataError, load_pairs
+    from rm_ds.data.pairs import load_pairs
+    from rm_ds.errors import DataError
     from rm_ds.data.formats import FormatOptions
 
     path = tmp_path / "mo.jsonl"

@@ -18,8 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rm_ds.config import ConfigError, DataConfig, TrainConfig
-from rm_ds.data.pairs import DataError, load_pairs
+from rm_ds.config import DataConfig, TrainConfig
+from rm_ds.errors import ConfigError
+from rm_ds.data.pairs import load_pairs
+from rm_ds.data.validate import PairFields
+from rm_ds.errors import DataError
 from rm_ds.data.formats import format_options
 from rm_ds.data.packing import pair_lengths, sampler_cost
 from rm_ds.data.sampler import PairSampler, SamplerConfig
@@ -78,6 +81,12 @@ def source_digest(path: str, **options) -> str:
     return h.hexdigest()
 
 
+def pair_fields(d: DataConfig) -> PairFields:
+    """The input's field names, from ``data.prompt_field`` ... ``data.source_field``."""
+    return PairFields(prompt=d.prompt_field, chosen=d.chosen_field, rejected=d.rejected_field, id=d.id_field,
+                      margin=d.margin_field, weight=d.weight_field, source=d.source_field)
+
+
 def load_split(data: DataConfig, tokenizer, path: str, *, split: str, max_pairs: int | None, cache_dir: Path,
                builtin_dir: Path, objectives: Sequence[str] = ()):
     """One split read, validated and tokenised (through the cache in ``cache_dir``): (dataset, note)."""
@@ -93,17 +102,14 @@ def load_split_with_report(data: DataConfig, tokenizer, path: str, *, split: str
     d = data
     fopts = format_options(d, objectives=objectives)
     source = resolve_data_path(path, builtin_dir=builtin_dir)
-    ds, report = load_pairs(source, split=split, prompt_field=d.prompt_field,
-                            chosen_field=d.chosen_field, rejected_field=d.rejected_field, id_field=d.id_field,
-                            margin_field=d.margin_field, weight_field=d.weight_field, source_field=d.source_field,
-                            skip_invalid=d.skip_invalid, max_pairs=max_pairs, format=d.format, options=fopts)
+    fields = pair_fields(d)
+    ds, report = load_pairs(source, split=split, fields=fields, skip_invalid=d.skip_invalid, max_pairs=max_pairs,
+                            format=d.format, options=fopts)
     opts = TokenizeOptions(max_length=d.max_length, overlong=d.overlong, chat_template=d.chat_template,
                            response_separator=d.response_separator)
     key = cache_key(source_digest(source, split=split, skip_invalid=d.skip_invalid,
                                   content=report.fingerprint,  # every file a glob/dir resolves to; hub fingerprint
-                                  max_pairs=max_pairs, fields=(d.prompt_field, d.chosen_field, d.rejected_field,
-                                                               d.id_field, d.margin_field, d.weight_field,
-                                                               d.source_field),
+                                  max_pairs=max_pairs, fields=dataclasses.astuple(fields),
                                   format=(d.format, fopts)), tokenizer, opts)
     tok, treport = tokenize_pairs(ds, tokenizer, opts, num_proc=d.num_proc,
                                   cache_file=str(Path(cache_dir) / f"{key}.arrow"))

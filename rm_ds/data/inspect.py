@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rm_ds.data.validate import PairFields
+
 PERCENTILES = (50, 90, 99, 100)
 
 
@@ -45,14 +47,14 @@ def _percentiles(values) -> str:
 
 
 def inspect_pairs(path: str, *, tokenizer: str | None, max_length: int, chat_template: bool = False,
-                  fields: dict | None = None) -> tuple[list[str], int]:
+                  fields: PairFields | None = None) -> tuple[list[str], int]:
     """Summary lines and the number of invalid rows of a pair dataset."""
     from rm_ds.builtin import rm_ds_home
     from rm_ds.data.pairs import load_pairs
     from rm_ds.data.dataset import resolve_data_path
 
     source = resolve_data_path(path, builtin_dir=rm_ds_home() / "data")
-    ds, report = load_pairs(source, skip_invalid=True, **(fields or {}))
+    ds, report = load_pairs(source, skip_invalid=True, fields=fields)
     invalid = sum(report.skipped.values())
     fmt = ds[0]["format"] if len(ds) else "?"
     lines = [f"file: {path}", f"format: pairs ({fmt})",
@@ -61,7 +63,7 @@ def inspect_pairs(path: str, *, tokenizer: str | None, max_length: int, chat_tem
     lines += [f"  e.g. {m}" for m in report.examples]
     ties = report.skipped.get("identical chosen and rejected", 0)
     lines.append(f"ties (identical chosen and rejected): {ties}")
-    if "margin" in ds.column_names and fields and fields.get("margin_field"):
+    if "margin" in ds.column_names and fields and fields.margin:
         lines.append(f"zero margins: {int(np.sum(np.asarray(ds['margin']) == 0))}")
     if tokenizer:
         from rm_ds.model import load_tokenizer
@@ -115,8 +117,8 @@ def main(args) -> int:
     if first is not None and "responses" in first:
         lines, invalid = inspect_scored(args.file, tie_eps=args.tie_eps)
     else:
-        fields = {"prompt_field": args.prompt_field, "chosen_field": args.chosen_field,
-                  "rejected_field": args.rejected_field, "margin_field": args.margin_field}
+        fields = PairFields(prompt=args.prompt_field, chosen=args.chosen_field, rejected=args.rejected_field,
+                            margin=args.margin_field)
         lines, invalid = inspect_pairs(args.file, tokenizer=args.tokenizer or None, max_length=args.max_length,
                                        chat_template=args.chat_template, fields=fields)
     print("\n".join(lines), flush=True)

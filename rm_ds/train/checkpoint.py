@@ -44,7 +44,8 @@ from rm_ds.train.checkpoint_files import (
     read_state,
     tag_for,
 )
-from rm_ds.config import ConfigError, config_to_dict, flatten
+from rm_ds.config import config_to_dict, flatten
+from rm_ds.errors import ConfigError
 from rm_ds.train.engine import load_checkpoint, save_checkpoint
 from rm_ds.train.run_state import RunState
 

@@ -29,9 +29,9 @@ from rm_ds.train import faults
 from rm_ds.builtin import rm_ds_home
 from rm_ds.train.checkpoint_files import eval_subdir
 from rm_ds.data.collate import make_collate
+from rm_ds.errors import ConfigError
 from rm_ds.config import (
     Config,
-    ConfigError,
     build_ds_config,
     check_train_plan,
     config_to_dict,
