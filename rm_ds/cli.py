@@ -31,23 +31,15 @@ Anything else is a bug and keeps its traceback (exit 1).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rm_ds.config import load_config
-from rm_ds.errors import ConfigError
-from rm_ds.errors import DataError
-
-EXIT_CONFIG_ERROR = 2
-"""Exit status for a bad config value or key (argparse uses 2 for a bad command line too)."""
-EXIT_DATA_ERROR = 3
-"""Exit status for bad input data (the message names the file, the line and the field)."""
-EXIT_PEER_LOST = 4
-"""Exit status of a rank whose peer died or stopped responding (a collective failed or timed out)."""
-EXIT_NON_FINITE = 5
-"""Exit status of a run stopped by a NaN/inf loss or gradient norm (nothing of that step is saved)."""
-
+from rm_ds.errors import EXIT_NON_FINITE, EXIT_PEER_LOST, UserError
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rm-ds", description="Bradley-Terry reward models on DeepSpeed.")
@@ -166,14 +158,123 @@ def _add_proxy_commands(sub) -> None:
     i.add_argument("--tie-eps", type=float, default=0.0, help="scored files: gold differences <= this are ties")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run one sub-command; config and data errors end the process with one line and their exit code."""
+def _options(cls: type, args: argparse.Namespace):
+    """The typed options object of a sub-command, from the fields its parser defines."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.mpi:
+        from rm_ds.cluster import dist
+
+        # train/eval then find the process group already formed
+        dist.init(mpi_discovery=True, timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
+    from rm_ds.train.recipe import main as train_main
+
+    train_main(cfg, command=args.command)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rm_ds.train import export
+
+    return export.main(_options(export.ExportOptions, args))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rm_ds.eval import compare
+
+    return compare.main(_options(compare.CompareOptions, args))
+
+
+def _score(args: argparse.Namespace) -> int:
+    from rm_ds.serve import score_file
+
+    return score_file.main(_options(score_file.ScoreOptions, args))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rm_ds.serve import server
+
+    opts = server.ServeOptions(host=args.host, port=args.port, api_key=args.api_key,
+                               max_batch_wait_ms=args.max_batch_wait_ms, max_queue=args.max_queue,
+                               max_items=args.max_items, max_body_bytes=args.max_body_bytes)
     try:
-        _main(argv)
-    except ConfigError as e:
-        _fail(f"rm-ds: config error: {e}", EXIT_CONFIG_ERROR)
-    except DataError as e:
-        _fail(f"rm-ds: data error: {e}", EXIT_DATA_ERROR)
+        server.main(args.model, opts, step=args.step, token_budget=args.token_budget,
+                    allow_pad_eq_eos=args.allow_pad_eq_eos, dtype=args.dtype)
+    except UserError:
+        raise
+    except ValueError as e:  # the refused bind, and option checks of the server
+        from rm_ds.errors import ConfigError
+
+        raise ConfigError(str(e)) from None
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    from rm_ds.serve import select
+
+    return select.main(_options(select.SelectOptions, args))
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from rm_ds.proxy import sample
+
+    return sample.main(_options(sample.SampleOptions, args))
+
+
+def _label(args: argparse.Namespace) -> int:
+    from rm_ds.proxy import label
+
+    return label.main(_options(label.LabelOptions, args))
+
+
+def _match(args: argparse.Namespace) -> int:
+    from rm_ds.proxy import match
+
+    return match.main(_options(match.MatchOptions, args))
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from rm_ds.data import inspect
+
+    return inspect.main(_options(inspect.InspectOptions, args))
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[argparse.Namespace], int]
+    """Builds the command's typed options from the parsed arguments and runs it; returns the exit code."""
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(_train),
+    "eval": Command(_train),
+    "export": Command(_export),
+    "compare": Command(_compare),
+    "score": Command(_score),
+    "serve": Command(_serve),
+    "select": Command(_select),
+    "sample": Command(_sample),
+    "label": Command(_label),
+    "match": Command(_match),
+    "inspect": Command(_inspect),
+}
+"""Every sub-command; its arguments are defined in ``_parser``."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command and return its exit code; a ``UserError`` ends the process with one line and its
+    exit code (``rm_ds.errors``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the deepspeed launcher puts --local_rank=N before the sub-command; accept it anywhere
+    argv = [a for a in argv if not a.startswith("--local_rank")]
+    args = _parser().parse_args(argv)
+    try:
+        code = COMMANDS[args.command].run(args)
+    except UserError as e:
+        _fail(e.line(), e.exit_code)
     except RuntimeError as e:
         from rm_ds.cluster import dist
         from rm_ds.train.faults import NonFiniteStep
@@ -184,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         if diagnosis is None:
             raise
         dist.exit_peer_lost(f"rm-ds: {diagnosis}", EXIT_PEER_LOST)
+    return code or 0
 
 
 def _fail(message: str, code: int) -> None:
@@ -192,88 +294,5 @@ def _fail(message: str, code: int) -> None:
     dist.exit_with_error(message, code)
 
 
-def _main(argv: list[str] | None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # the deepspeed launcher puts --local_rank=N before the sub-command; accept it anywhere
-    argv = [a for a in argv if not a.startswith("--local_rank")]
-    args = _parser().parse_args(argv)
-    if args.command in ("train", "eval"):
-        cfg = load_config(args.config, args.overrides)
-        if args.mpi:
-            from rm_ds.cluster import dist
-
-            # train/eval then find the process group already formed
-            dist.init(mpi_discovery=True, timeout_s=cfg.dist.timeout_s, wait_timeout_s=cfg.dist.wait_timeout_s)
-        from rm_ds.train.recipe import main as train_main
-
-        train_main(cfg, command=args.command)
-    elif args.command == "compare":
-        from rm_ds.eval.compare import main as compare_main
-
-        sys.exit(compare_main(args.runs, out=args.out))
-    elif args.command == "sample":
-        from rm_ds.proxy.sample import SampleError
-        from rm_ds.proxy.sample import main as sample_main
-
-        try:
-            sys.exit(sample_main(args))
-        except SampleError as e:
-            sys.exit(f"rm-ds sample: {e}")
-    elif args.command in ("label", "match"):
-        from rm_ds.proxy.label import LabelError
-
-        if args.command == "label":
-            from rm_ds.proxy.label import main as command_main
-        else:
-            from rm_ds.proxy.match import main as command_main
-        try:
-            sys.exit(command_main(args))
-        except (LabelError, FileNotFoundError) as e:
-            sys.exit(f"rm-ds {args.command}: {e}")
-    elif args.command == "inspect":
-        from rm_ds.errors import DataError
-        from rm_ds.data.inspect import main as inspect_main
-        from rm_ds.proxy.label import LabelError
-
-        try:
-            sys.exit(inspect_main(args))
-        except (DataError, LabelError) as e:
-            sys.exit(f"rm-ds inspect: {e}")
-    elif args.command == "export":
-        from rm_ds.train.export import export_run
-
-        print(export_run(args.run_dir, step=args.step, out=args.out, adapter=True if args.adapter else None))
-    elif args.command == "score":
-        from rm_ds.serve.score_file import InputError
-        from rm_ds.serve.score_file import main as score_main
-
-        try:
-            score_main(args.model, args.input, args.out, step=args.step, token_budget=args.token_budget,
-                       allow_pad_eq_eos=args.allow_pad_eq_eos, mpi=args.mpi, dtype=args.dtype)
-        except (InputError, ValueError, FileNotFoundError) as e:
-            sys.exit(f"rm-ds score: {e}")
-    elif args.command == "serve":
-        from rm_ds.serve.server import ServeOptions
-        from rm_ds.serve.server import main as serve_main
-
-        try:
-            serve_main(args.model, ServeOptions(host=args.host, port=args.port, api_key=args.api_key,
-                                                max_batch_wait_ms=args.max_batch_wait_ms, max_queue=args.max_queue,
-                                                max_items=args.max_items, max_body_bytes=args.max_body_bytes),
-                       step=args.step, token_budget=args.token_budget, allow_pad_eq_eos=args.allow_pad_eq_eos,
-                       dtype=args.dtype)
-        except ValueError as e:
-            sys.exit(f"rm-ds serve: {e}")
-    elif args.command == "select":
-        from rm_ds.serve.select import main as select_main
-
-        try:
-            select_main(args.model, args.pool, args.out, k=args.k, by=args.by, dedupe=args.dedupe,
-                        threshold=args.dedupe_threshold, step=args.step, token_budget=args.token_budget,
-                        allow_pad_eq_eos=args.allow_pad_eq_eos)
-        except (ValueError, FileNotFoundError) as e:
-            sys.exit(f"rm-ds select: {e}")
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rm_ds import cli
+from rm_ds.cli import main
+from rm_ds.errors import ConfigError, DataError
 from tests.harness import ENV, free_port
 
 TINY = ["--config", "tiny", "data.eval_path=null", "logging.tensorboard=false", "train.export=false"]
@@ -43,13 +44,13 @@ def malformed(tmp_path: Path) -> Path:
 
 def test_config_error_exits_2_with_one_line(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, "train.lr=-1", f"logging.run_dir={tmp_path}"])
-    assert proc.returncode == cli.EXIT_CONFIG_ERROR == 2
+    assert proc.returncode == ConfigError.exit_code == 2
     assert one_error_line(proc, "config error") == "rm-ds: config error: train.lr: must be > 0"
 
 
 def test_data_error_exits_3_with_one_line(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, f"data.train_path={malformed(tmp_path)}", f"logging.run_dir={tmp_path / 'run'}"])
-    assert proc.returncode == cli.EXIT_DATA_ERROR == 3
+    assert proc.returncode == DataError.exit_code == 3
     line = one_error_line(proc, "data error")
     assert line == f"rm-ds: data error: {tmp_path / 'malformed.jsonl'} line 2: field 'rejected': missing"
 
@@ -77,4 +78,4 @@ def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
 
     monkeypatch.setattr(rm_ds.train.recipe, "main", boom)
     with pytest.raises(RuntimeError, match="a real bug"):
-        cli.main(["train", "--config", "tiny"])
+        main(["train", "--config", "tiny"])

@@ -7,8 +7,8 @@ from rm_ds.cli import main
 
 def _run(capsys, *argv):
     try:
-        main(["inspect", *argv])
-    except SystemExit as e:
+        code = main(["inspect", *argv])
+    except SystemExit as e:  # a located one-line error
         code = e.code
     return code, capsys.readouterr().out
 
@@ -21,7 +21,7 @@ def test_pairs_summary_counts_invalid_rows_and_exits_nonzero(tmp_path, capsys):
         {"id": "c", "prompt": "x", "chosen": "ok"},
         {"id": "d", "prompt": "short", "chosen": "fine", "rejected": "bad", "source": "s2"}]) + "\n")
     code, out = _run(capsys, str(f), "--max-length", "8")
-    assert code == 1
+    assert code == 3  # invalid rows are a data error
     assert "format: pairs (text)" in out and "rows: 4  valid: 2  invalid: 2" in out
     assert "invalid, missing field 'rejected': 1" in out and "p.jsonl line 3: field 'rejected': missing" in out
     assert "ties (identical chosen and rejected): 1" in out

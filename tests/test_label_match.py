@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rm_ds.proxy.label import LabelError, label, make_pairs, read_scored, score_rows
+from rm_ds.data.scored import read_scored
+from rm_ds.errors import ConfigError, DataError
+from rm_ds.proxy.label import label, make_pairs, score_rows
 from rm_ds.proxy.match import (
     agreement_by_gold_gap,
     diagnose,
@@ -65,9 +67,9 @@ def test_score_rows_scores_out_of_file_order_and_maps_back():
     got = score_rows(rows, score)
     assert seen == ["much longer one", "mid length", "short"]  # longest first, not file order
     assert got == {("a", 1): 0.0, ("b", 0): 1.0, ("a", 0): 2.0}
-    with pytest.raises(LabelError, match="returned 1 rewards for 3"):
+    with pytest.raises(DataError, match="returned 1 rewards for 3"):
         score_rows(rows, lambda p, r: np.zeros(1))
-    with pytest.raises(LabelError, match="--objective"):
+    with pytest.raises(ConfigError, match="--objective"):
         score_rows(rows, lambda p, r: np.zeros((len(r), 2)))
     assert score_rows(rows, lambda p, r: np.stack([np.zeros(len(r)), np.ones(len(r))], 1), objective=1)[("b", 0)] == 1
 
@@ -113,7 +115,7 @@ def test_read_scored_names_line_and_field(tmp_path):
     f = tmp_path / "x.jsonl"
     f.write_text('{"id": 1, "prompt": "p", "responses": ["a"]}\n{"id": 2, "prompt": "p", "responses": ["a"], '
                  '"rewards": [1, 2]}\n')
-    with pytest.raises(LabelError, match=r"x.jsonl line 2: field 'rewards': expected 1 finite numbers"):
+    with pytest.raises(DataError, match=r"x.jsonl line 2: field 'rewards': expected 1 finite numbers"):
         read_scored(f)
 
 

@@ -254,7 +254,8 @@ def test_score_under_mpirun(runs, tmp_path):
 
 def test_score_file_forms_and_ensemble(runs, tmp_path):
     """responses (prompt+response, messages), scored rows (contract 4), an ensemble, bad input named."""
-    from rm_ds.serve.score_file import InputError, read_input, run
+    from rm_ds.errors import DataError
+    from rm_ds.serve.score_file import read_input, run
     from rm_ds.serve.scorer import load_scorer
 
     _, dirs = runs
@@ -281,7 +282,7 @@ def test_score_file_forms_and_ensemble(runs, tmp_path):
     np.testing.assert_allclose(row["rewards"], sa.score_responses(["the dog"] * 2, ["runs", "eats"]), atol=1e-6)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n" + json.dumps({"prompt": "p"}) + "\n")
-    with pytest.raises(InputError, match=r"bad.jsonl line 2: field 'response': missing"):
+    with pytest.raises(DataError, match=r"bad.jsonl line 2: field 'response': missing"):
         read_input(bad)
 
 

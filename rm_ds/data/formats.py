@@ -25,10 +25,9 @@ Formats, with the columns each one reads (as the dataset cards document them):
                paired by ``pairing`` on the ``helpsteer_attribute`` rating; or HelpSteer2's
                preference file: ``prompt``, ``response_1``, ``response_2``, ``preference_strength``
                (-3..3, negative: response_1 better, 0: tie)
-``scored``     ``{"id", "prompt", "responses": [...], "rewards": [...]}`` per row (NOTICE contract 4),
-               or a folder with ``prompts.json`` (list), ``responses.json``
-               (``[{"response_1": ..., "response_2": ...}, ...]``) and ``rewards.json``
-               (``[[r1, r2], ...]``); paired by ``pairing`` on the rewards
+``scored``     ``{"id", "prompt", "responses": [...], "rewards": [...]}`` per row, or the folder form
+               of three parallel JSON files (defined in ``rm_ds.data.scored``); paired by ``pairing``
+               on the rewards
 ============== ================================================================================
 
 Several rated responses -> pairs (``pairing``; the chosen one is always the higher rated):
@@ -69,8 +68,6 @@ FORMATS = ("pairs", "hh", "shp", "ultrafeedback", "helpsteer", "scored")
 PAIRINGS = ("best_vs_worst", "best_vs_random", "all_pairs")
 HH_MARKER = re.compile(r"\n\n(Human|Assistant):[ ]?")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-SCORED_FILES = ("prompts.json", "responses.json", "rewards.json")
-"""The three parallel files of the folder form of ``scored``."""
 
 
 @dataclass(frozen=True)
@@ -500,36 +497,6 @@ def _scored(rows: list[dict], opts: FormatOptions) -> Converted:
     out = Converted()
     _scored_pairs(out, opts, scores, uid or str(prompt), make)
     return out
-
-
-def scored_from_files(prompts: Any, responses: Any, rewards: Any) -> list[dict]:
-    """The three parallel JSON files -> scored rows; raises ValueError/TypeError naming the file and index."""
-    for name, v in zip(SCORED_FILES, (prompts, responses, rewards)):
-        if not isinstance(v, list):
-            raise TypeError(f"{name}: expected a JSON array, got {type(v).__name__}")
-    n = {name: len(v) for name, v in zip(SCORED_FILES, (prompts, responses, rewards))}
-    if len(set(n.values())) != 1:
-        short = min(n, key=n.get)
-        raise ValueError(f"the three files differ in length ({', '.join(f'{k}: {v}' for k, v in n.items())}): "
-                         f"index {n[short]} has no entry in {short}")
-    rows = []
-    for i, (p, resp, rew) in enumerate(zip(prompts, responses, rewards)):
-        if not isinstance(resp, dict):
-            raise TypeError(f"responses.json index {i}: expected an object {{'response_1': ...}}, got "
-                             f"{type(resp).__name__}")
-        keyed = []
-        for k in resp:
-            m = re.fullmatch(r"response_(\d+)", k)
-            if m is None:
-                raise ValueError(f"responses.json index {i}: key {k!r} is not response_<n>")
-            keyed.append((int(m.group(1)), resp[k]))
-        if not isinstance(rew, list):
-            raise TypeError(f"rewards.json index {i}: expected a list of rewards, got {type(rew).__name__}")
-        if len(rew) != len(keyed):
-            raise ValueError(f"index {i}: responses.json has {len(keyed)} responses but rewards.json has "
-                             f"{len(rew)} rewards")
-        rows.append({"prompt": p, "responses": [v for _, v in sorted(keyed)], "rewards": rew})
-    return rows
 
 
 # ---------------------------------------------------------------- entry points

@@ -13,29 +13,26 @@ response and pair lengths in tokens, and pairs per source. Scored-responses file
 
 from __future__ import annotations
 
-import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rm_ds.data.jsonl import iter_lines
 from rm_ds.data.validate import PairFields
+from rm_ds.errors import ConfigError, DataError
 
 PERCENTILES = (50, 90, 99, 100)
 
 
 def _first_row(path: str) -> dict | None:
+    """The first line of a JSON lines file if it is an object (to tell scored responses from pairs)."""
     p = Path(path)
-    if p.suffix != ".jsonl" or not p.is_file():
+    if not p.name.endswith((".jsonl", ".jsonl.gz")) or not p.is_file():
         return None
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    return None
-                return row if isinstance(row, dict) else None
+    for _, row in iter_lines(p):
+        return row if isinstance(row, dict) else None
     return None
 
 
@@ -90,7 +87,8 @@ def inspect_pairs(path: str, *, tokenizer: str | None, max_length: int, chat_tem
 
 def inspect_scored(path: str, *, tie_eps: float) -> tuple[list[str], int]:
     """Summary lines of a scored-responses file (a bad row raises with its line and field)."""
-    from rm_ds.proxy.label import make_pairs, read_scored
+    from rm_ds.data.scored import read_scored
+    from rm_ds.proxy.label import make_pairs
 
     rows = read_scored(path)
     n_resp = Counter(len(r["responses"]) for r in rows)
@@ -111,8 +109,26 @@ def inspect_scored(path: str, *, tie_eps: float) -> tuple[list[str], int]:
     return lines, 0
 
 
-def main(args) -> int:
-    """The ``rm-ds inspect`` entry (args from rm_ds.cli)."""
+@dataclass(frozen=True)
+class InspectOptions:
+    """``rm-ds inspect``'s command line (``rm_ds.cli``)."""
+
+    file: str
+    tokenizer: str = "builtin:minilm"
+    max_length: int = 256
+    chat_template: bool = False
+    skip_invalid: bool = False
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    margin_field: str | None = None
+    tie_eps: float = 0.0
+
+
+def main(args: InspectOptions) -> int:
+    """The ``rm-ds inspect`` entry: exit code 0, or 3 (a data error) when rows are invalid."""
+    if args.max_length < 1:
+        raise ConfigError(f"--max-length: must be >= 1, got {args.max_length}")
     first = _first_row(args.file)
     if first is not None and "responses" in first:
         lines, invalid = inspect_scored(args.file, tie_eps=args.tie_eps)
@@ -125,5 +141,5 @@ def main(args) -> int:
     if invalid and not args.skip_invalid:
         print(f"inspect: {invalid} invalid rows (training would stop at the first; pass --skip-invalid "
               f"to accept dropping them, as data.skip_invalid=true does)", flush=True)
-        return 1
+        return DataError.exit_code
     return 0

@@ -14,20 +14,22 @@ on line 1 is dropped and blank lines are skipped; line numbers stay those of the
     samples.jsonl line 3: expected a JSON object, got list
 
 ``iter_lines`` is the lenient form: it yields a ``BadLine`` in place of a line that is not a JSON
-object, so a loader can skip and count such lines (``data.skip_invalid``).
+object, so a loader can skip and count such lines (``data.skip_invalid``). ``write_jsonl`` writes
+rows atomically: a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rm_ds.errors import DataError
 
-__all__ = ["BadLine", "iter_lines", "open_input", "read_jsonl"]
+__all__ = ["BadLine", "iter_lines", "open_input", "read_jsonl", "write_jsonl"]
 
 
 class BadLine(Exception):
@@ -92,3 +94,15 @@ def read_jsonl(path: str | Path, name: str | None = None) -> Iterator[tuple[int,
         if isinstance(obj, BadLine):
             raise DataError(f"{name} line {line_no}: {obj.detail}")
         yield line_no, obj
+
+
+def write_jsonl(path: str | Path, rows) -> None:
+    """All rows to a temporary file, fsync, rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

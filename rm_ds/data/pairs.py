@@ -41,9 +41,10 @@ import datasets
 import pyarrow as pa
 from datasets.table import InMemoryTable
 
-from rm_ds.data.formats import FORMATS, SCORED_FILES, FormatOptions, RowError, convert, detect_format, group_rows
+from rm_ds.data.formats import FORMATS, FormatOptions, RowError, convert, detect_format, group_rows
 from rm_ds.data.jsonl import BadLine
 from rm_ds.data.readers import Rows, read_all, scored_folder
+from rm_ds.data.scored import SCORED_FILES
 from rm_ds.data.validate import Invalid, PairFields, candidate_row, objective_prefs, pair_id, pref, row, text_or_chat
 from rm_ds.errors import DataError
 

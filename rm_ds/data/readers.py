@@ -15,17 +15,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import pyarrow as pa
 from datasets.table import InMemoryTable
 
 from rm_ds.data.jsonl import BadLine, iter_lines
-from rm_ds.data.formats import SCORED_FILES, scored_from_files
+from rm_ds.data.scored import SCORED_FILES, scored_from_files
 from rm_ds.errors import DataError
 
-__all__ = ["LOCAL_SUFFIXES", "Rows", "read_all", "scored_folder"]
+__all__ = ["LOCAL_SUFFIXES", "Rows", "Record", "read_all", "read_records", "scored_folder"]
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".arrow")
 
@@ -244,19 +244,49 @@ def read_all(
         return [_read_hub(path_or_name, split, wanted)]
     out = []
     for f, prefix in zip(files, _id_prefixes(files)):
-        name = path_or_name if len(files) == 1 else str(f)
-        if _suffix(f) in (".jsonl", ".jsonl.gz"):
-            src = _read_jsonl(f, name)
-        elif f.suffix == ".json":
-            src = _read_json(f, name)
-        elif f.suffix == ".arrow":
-            src = _read_arrow(f, name, wanted)
-        else:
-            src = _read_parquet(f, name, wanted)
+        src = _read_file(f, path_or_name if len(files) == 1 else str(f), wanted)
         src.stem = prefix
         src.fingerprint = _file_digest(f)
         out.append(src)
     return out
+
+
+def _read_file(f: Path, name: str, wanted: Sequence[str] | Any) -> Rows:
+    if _suffix(f) in (".jsonl", ".jsonl.gz"):
+        return _read_jsonl(f, name)
+    if f.suffix == ".json":
+        return _read_json(f, name)
+    if f.suffix == ".arrow":
+        return _read_arrow(f, name, wanted)
+    return _read_parquet(f, name, wanted)
+
+
+class Record(NamedTuple):
+    loc: int
+    """The 1-based line of a JSON lines file, else the 0-based row."""
+    where: str
+    """``<file> line N`` or ``<file> row N (0-based)``, for messages."""
+    row: dict
+
+
+def read_records(path: str | Path, name: str | None = None) -> list[Record]:
+    """A ``Record`` for every row of one data file (any of ``LOCAL_SUFFIXES``), every column.
+
+    For the commands that read rows of their own (``score``, ``sample``, ``select``): a row that is
+    not a JSON object is a ``DataError`` naming the file and the line (or row)."""
+    p = Path(path).expanduser()
+    name = str(path) if name is None else name
+    if p.is_dir():
+        raise DataError(f"{name}: is a directory; pass one {', '.join(LOCAL_SUFFIXES)} file")
+    if not p.is_file():
+        raise DataError(f"{name}: no such file")
+    if _suffix(p) not in LOCAL_SUFFIXES:
+        raise DataError(f"{name}: unsupported file type {_suffix(p)!r}; use {', '.join(LOCAL_SUFFIXES)}")
+    src = _read_file(p, name, sorted)
+    for i, r in enumerate(src.rows):
+        if isinstance(r, BadLine):
+            raise DataError(f"{src.where(i)}: {r.detail}")
+    return [Record(src.locs[i], src.where(i), r) for i, r in enumerate(src.rows)]
 
 
 def _file_digest(path: Path) -> str:

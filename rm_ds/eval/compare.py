@@ -26,6 +26,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rm_ds.data.jsonl import BadLine, iter_lines
+from rm_ds.errors import ConfigError
+
 TRAIN_WINDOW = 10
 """Final train accuracy/loss: the mean over the last this many logged train steps (one step is noise)."""
 
@@ -67,6 +70,8 @@ class Run:
     """Eval rows of metrics.jsonl, one per step, in step order."""
     summary: dict = field(default_factory=dict)
     """summary.json ({} while a run is unfinished)."""
+    skipped_lines: int = 0
+    """Lines of metrics.jsonl that are not JSON objects (cut short by a kill), left out."""
 
     def curve(self, metric: str) -> list[tuple[int, float]]:
         return [(r["step"], r[metric]) for r in self.eval if _num(r.get(metric)) is not None]
@@ -85,11 +90,11 @@ def find_runs(paths: list[Path]) -> list[Path]:
     if len(paths) == 1 and not (paths[0] / "metrics.jsonl").is_file():
         found = sorted(p.parent for p in paths[0].rglob("metrics.jsonl"))
         if not found:
-            raise FileNotFoundError(f"{paths[0]}: no metrics.jsonl in it or below it")
+            raise ConfigError(f"{paths[0]}: no metrics.jsonl in it or below it")
         return found
     missing = [str(p) for p in paths if not (p / "metrics.jsonl").is_file()]
     if missing:
-        raise FileNotFoundError(f"not run directories (no metrics.jsonl): {', '.join(missing)}")
+        raise ConfigError(f"not run directories (no metrics.jsonl): {', '.join(missing)}")
     return paths
 
 
@@ -100,22 +105,17 @@ def common_parent(dirs: list[Path]) -> Path:
 
 def load_run(path: Path, *, name: str | None = None) -> Run:
     rows: dict[tuple[str, int], dict] = {}
-    with open(path / "metrics.jsonl") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill: skip it
-                continue
-            if isinstance(r, dict) and "split" in r and isinstance(r.get("step"), int):
-                rows[(r["split"], r["step"])] = r  # the later row of a step wins (resumed runs)
+    skipped = 0
+    for _, r in iter_lines(path / "metrics.jsonl"):
+        if isinstance(r, BadLine):  # a line cut short by a kill: skipped and counted
+            skipped += 1
+        elif "split" in r and isinstance(r.get("step"), int):
+            rows[(r["split"], r["step"])] = r  # the later row of a step wins (resumed runs)
     summary = {}
     if (path / "summary.json").is_file():
         summary = json.loads((path / "summary.json").read_text())
     by_step = sorted(rows.items(), key=lambda kv: kv[0][1])
-    return Run(name=name or path.name, path=path, summary=summary,
+    return Run(name=name or path.name, path=path, summary=summary, skipped_lines=skipped,
                train=[r for (s, _), r in by_step if s == "train"], eval=[r for (s, _), r in by_step if s == "eval"])
 
 
@@ -209,6 +209,9 @@ def compare(paths: list[Path], *, out: Path | None = None) -> tuple[list[dict], 
     parent = common_parent(dirs)
     names = [str(d.resolve().relative_to(parent)) for d in dirs]
     runs = [load_run(d, name=n) for d, n in zip(dirs, names)]
+    for r in runs:
+        if r.skipped_lines:
+            print(f"rm-ds compare: {r.path / 'metrics.jsonl'}: {r.skipped_lines} torn lines left out", file=sys.stderr)
     rows = [summarize(r) for r in runs]
     out = Path(out) if out is not None else parent
     out.mkdir(parents=True, exist_ok=True)
@@ -222,12 +225,17 @@ def compare(paths: list[Path], *, out: Path | None = None) -> tuple[list[dict], 
     return rows, files
 
 
-def main(paths: list[Path], *, out: Path | None = None) -> int:
-    try:
-        rows, files = compare(paths, out=out)
-    except (FileNotFoundError, NotADirectoryError) as e:
-        print(f"rm-ds compare: {e}", file=sys.stderr)
-        return 1
+@dataclass(frozen=True)
+class CompareOptions:
+    """``rm-ds compare``'s command line (``rm_ds.cli``)."""
+
+    runs: list[Path]
+    out: Path | None = None
+
+
+def main(opts: CompareOptions) -> int:
+    """The ``rm-ds compare`` entry."""
+    rows, files = compare(opts.runs, out=opts.out)
     print(to_text(rows), end="")
     print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0

@@ -3,7 +3,7 @@
     rm-ds label --gold runs/default/export/final --samples samples.jsonl \
         --out-scored labelled.jsonl --out-pairs pairs.jsonl [--tie-eps 0.0] [--margin]
 
-Input and ``--out-scored`` are scored-responses JSONL (NOTICE contract 4); the output rows are the
+Input and ``--out-scored`` are scored-responses JSONL (defined in ``rm_ds.data.scored``); the output rows are the
 input rows with ``rewards`` (and ``gold``, the scorer's name) added. Rewards are aligned by prompt id
 and response index: every response becomes an item keyed ``(id, j)``, the items are scored in an
 order of their own (longest first, which also keeps batches tight), and each reward goes back to
@@ -20,61 +20,18 @@ so are pairs of identical or empty responses, which a pair file cannot hold.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from rm_ds.data.jsonl import write_jsonl
+from rm_ds.data.scored import read_scored
+from rm_ds.errors import ConfigError, DataError
+
 ScoreFn = Callable[[list, list], np.ndarray]
-"""``score(prompts, responses) -> rewards`` of shape (N,) or (N, K): NOTICE contract 3's Scorer.score_responses."""
-
-
-class LabelError(ValueError):
-    """Bad scored-responses rows or scores; names the file, line and field."""
-
-
-def read_scored(path: str | Path, *, need_rewards: bool = False) -> list[dict]:
-    """Scored-responses rows, validated: ``id`` unique, ``prompt`` str or messages, ``responses`` strings."""
-    rows, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LabelError(f"{where}: invalid JSON: {e}") from None
-            if not isinstance(row, dict):
-                raise LabelError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for key in ("id", "prompt", "responses"):
-                if row.get(key) is None:
-                    raise LabelError(f"{where}: field '{key}': missing")
-            rid = str(row["id"])
-            if rid in seen:
-                raise LabelError(f"{where}: field 'id': duplicate id {rid!r} (first at line {seen[rid]})")
-            seen[rid] = line_no
-            row["id"] = rid
-            if not isinstance(row["prompt"], (str, list)):
-                raise LabelError(f"{where}: field 'prompt': expected a string or a message list")
-            resp = row["responses"]
-            if not isinstance(resp, list) or not resp or not all(isinstance(r, str) for r in resp):
-                raise LabelError(f"{where}: field 'responses': expected a non-empty list of strings")
-            rewards = row.get("rewards")
-            if rewards is None and need_rewards:
-                raise LabelError(f"{where}: field 'rewards': missing (label the file with rm-ds label first)")
-            if rewards is not None and (not isinstance(rewards, list) or len(rewards) != len(resp)
-                                        or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                   and np.isfinite(x) for x in rewards)):
-                raise LabelError(f"{where}: field 'rewards': expected {len(resp)} finite numbers, one per response")
-            rows.append(row)
-    if not rows:
-        raise LabelError(f"{path}: no rows")
-    return rows
+"""``score(prompts, responses) -> rewards`` of shape (N,) or (N, K): ``rm_ds.serve.scorer.Scorer.score_responses``."""
 
 
 def score_rows(rows: list[dict], score: ScoreFn, *, objective: int | None = None) -> dict[tuple[str, int], float]:
@@ -95,17 +52,17 @@ def score_rows(rows: list[dict], score: ScoreFn, *, objective: int | None = None
         if out.shape[1] == 1:
             out = out[:, 0]
         elif objective is None:
-            raise LabelError(f"the gold model gives {out.shape[1]} objectives per response: pick one with --objective")
+            raise ConfigError(f"--objective: the gold model gives {out.shape[1]} objectives per response: pick one")
         else:
             if not 0 <= objective < out.shape[1]:
-                raise LabelError(f"--objective: {objective} is not in 0..{out.shape[1] - 1}")
+                raise ConfigError(f"--objective: {objective} is not in 0..{out.shape[1] - 1}")
             out = out[:, objective]
     if out.shape != (len(order),):
         got = out.shape[0] if out.ndim else 0
-        raise LabelError(f"the gold model returned {got} rewards for {len(order)} responses")
+        raise DataError(f"the gold model returned {got} rewards for {len(order)} responses")
     if not np.all(np.isfinite(out)):
         bad = [order[i] for i in np.flatnonzero(~np.isfinite(out))[:3]]
-        raise LabelError(f"the gold model returned non-finite rewards (first at {bad})")
+        raise DataError(f"the gold model returned non-finite rewards (first at {bad})")
     return dict(zip(order, out.tolist()))
 
 
@@ -144,7 +101,7 @@ class PairStats:
 def make_pairs(rows: list[dict], *, tie_eps: float = 0.0, margin: bool = False) -> tuple[list[dict], PairStats]:
     """Preference pairs from labelled rows: the higher gold reward is chosen; ties skipped and counted."""
     if tie_eps < 0:
-        raise LabelError(f"--tie-eps: must be >= 0, got {tie_eps}")
+        raise ConfigError(f"--tie-eps: must be >= 0, got {tie_eps}")
     pairs, stats = [], PairStats(prompts=len(rows))
     for r in rows:
         resp, rew = r["responses"], r["rewards"]
@@ -174,18 +131,6 @@ def make_pairs(rows: list[dict], *, tie_eps: float = 0.0, margin: bool = False) 
     return pairs, stats
 
 
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """All rows to a temporary file, fsync, rename: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def label(samples: str, score: ScoreFn, *, out_scored: str, out_pairs: str | None, tie_eps: float = 0.0,
           margin: bool = False, gold: str | None = None, objective: int | None = None) -> PairStats:
     """Read, score, attach, pair, write. ``score`` is the gold model's ``score_responses``."""
@@ -195,13 +140,28 @@ def label(samples: str, score: ScoreFn, *, out_scored: str, out_pairs: str | Non
     write_jsonl(out_scored, labelled)
     if out_pairs:
         if not pairs:
-            raise LabelError(f"{samples}: no pairs left ({stats.summary()})")
+            raise DataError(f"{samples}: no pairs left ({stats.summary()})")
         write_jsonl(out_pairs, pairs)
     return stats
 
 
-def main(args) -> int:
-    """The ``rm-ds label`` entry (args from rm_ds.cli)."""
+@dataclass(frozen=True)
+class LabelOptions:
+    """``rm-ds label``'s command line (``rm_ds.cli``)."""
+
+    gold: str
+    samples: str
+    out_scored: str
+    out_pairs: str | None = None
+    step: str | None = None
+    tie_eps: float = 0.0
+    margin: bool = False
+    objective: int | None = None
+    dtype: str = "fp32"
+
+
+def main(args: LabelOptions) -> int:
+    """The ``rm-ds label`` entry."""
     from rm_ds.serve.scorer import load_scorer
 
     scorer = load_scorer(args.gold, step=args.step, dtype=args.dtype)

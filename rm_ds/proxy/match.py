@@ -4,7 +4,7 @@
         --train runs/proxy/train_labelled.jsonl --out runs/proxy/match
 
 Both files are gold-labelled scored-responses JSONL (``rm-ds label --out-scored``). The proxy scores
-every response (NOTICE contract 3), aligned by prompt id and response index. Per split:
+every response (``Scorer.score_responses``), aligned by prompt id and response index. Per split:
 
 - ``match_rate``: over every two responses of a prompt whose gold rewards differ by more than
   ``tie_eps`` (the pairs ``rm-ds label`` trains on), the share where the proxy orders them as the
@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rm_ds.proxy.label import ScoreFn, read_scored, score_rows
+from rm_ds.data.scored import read_scored
+from rm_ds.proxy.label import ScoreFn, score_rows
 
 HELDOUT_MIN_MATCH = 0.8
 """A good proxy agrees with the gold on at least this share of held-out pairs (about 0.66 = failed)."""
@@ -261,8 +263,21 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
-    """The ``rm-ds match`` entry (args from rm_ds.cli)."""
+@dataclass(frozen=True)
+class MatchOptions:
+    """``rm-ds match``'s command line (``rm_ds.cli``)."""
+
+    proxy: str
+    heldout: str
+    out: Path
+    train: str | None = None
+    step: str | None = None
+    tie_eps: float = 0.0
+    dtype: str = "fp32"
+
+
+def main(args: MatchOptions) -> int:
+    """The ``rm-ds match`` entry."""
     from rm_ds.serve.scorer import load_scorer
 
     splits = {"heldout": args.heldout}

@@ -4,7 +4,8 @@
         --model builtin:smollm2 --num-responses 2 --temperature 1.0 --top-p 1.0 --max-new-tokens 48 --seed 0
     deepspeed --num_gpus 2 --master_addr 127.0.0.1 --module rm_ds.cli sample ...   (sharded over ranks)
 
-Output, one row per prompt in input order (NOTICE contract 4, rewards absent until ``rm-ds label``)::
+Output, one row per prompt in input order, in the scored-responses format (``rm_ds.data.scored``;
+rewards absent until ``rm-ds label``)::
 
     {"id": "wn-n-1", "prompt": "What does ...?", "responses": ["...", "..."], "finish": ["eos", "length"],
      "policy": "builtin:smollm2", "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 48, "n": 2},
@@ -36,15 +37,15 @@ from pathlib import Path
 
 import torch
 
+from rm_ds.data.jsonl import write_jsonl
+from rm_ds.data.readers import read_records
+from rm_ds.errors import ConfigError, DataError
+
 log = logging.getLogger(__name__)
 
 PARTS_SUFFIX = ".parts"
 POLICY_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 META_FILE = "meta.json"
-
-
-class SampleError(ValueError):
-    """Bad prompts, a parts folder from other settings, or an incomplete merge; names the file."""
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,13 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
-            raise SampleError(f"--temperature: must be >= 0, got {self.temperature}")
+            raise ConfigError(f"--temperature: must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise SampleError(f"--top-p: must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"--top-p: must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
-            raise SampleError(f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")
+            raise ConfigError(f"--max-new-tokens: must be >= 1, got {self.max_new_tokens}")
         if self.n < 1:
-            raise SampleError(f"--num-responses: must be >= 1, got {self.n}")
+            raise ConfigError(f"--num-responses: must be >= 1, got {self.n}")
 
 
 @dataclass(frozen=True)
@@ -102,34 +103,29 @@ def load_prompts(path: str, *, max_prompts: int | None = None) -> tuple[list[Pro
 
     resolved = resolve_data_path(path, builtin_dir=rm_ds_home() / "data")
     p = Path(resolved)
-    if not p.is_file():
-        raise SampleError(f"{path}: no such file")
-    rows = _read_rows(p)
+    rows = read_records(p, name=path)
     out: list[Prompt] = []
     seen_text: set[str] = set()
     seen_id: dict[str, int] = {}
     skipped: dict[str, int] = {}
-    for line, row in rows:
+    for line, where, row in rows:
         if max_prompts is not None and len(out) >= max_prompts:
             break
-        where = f"{path} line {line}"
-        if not isinstance(row, dict):
-            raise SampleError(f"{where}: expected a JSON object, got {type(row).__name__}")
         prompt = row.get("prompt")
         if isinstance(prompt, str):
             if not prompt.strip():
-                raise SampleError(f"{where}: field 'prompt': empty or whitespace-only")
+                raise DataError(f"{where}: field 'prompt': empty or whitespace-only")
         elif isinstance(prompt, list) and prompt and all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in prompt):
             prompt = [{"role": m["role"], "content": m["content"]} for m in prompt]
         else:
-            raise SampleError(f"{where}: field 'prompt': expected a string or a list of "
+            raise DataError(f"{where}: field 'prompt': expected a string or a list of "
                               f"{{'role', 'content'}} messages, got {prompt!r:.80}")
         pid = row.get("id")
         pid = f"{p.stem}:{line}" if pid is None or pid == "" else str(pid)
         if pid in seen_id:
-            raise SampleError(f"{where}: field 'id': duplicate id {pid!r} (first at line {seen_id[pid]})")
+            raise DataError(f"{where}: field 'id': duplicate id {pid!r} (first at line {seen_id[pid]})")
         key = json.dumps(prompt, sort_keys=True)
         if key in seen_text:
             skipped["duplicate prompt"] = skipped.get("duplicate prompt", 0) + 1
@@ -138,32 +134,8 @@ def load_prompts(path: str, *, max_prompts: int | None = None) -> tuple[list[Pro
         seen_id[pid] = line
         out.append(Prompt(id=pid, prompt=prompt))
     if not out:
-        raise SampleError(f"{path}: no prompts")
+        raise DataError(f"{path}: no prompts")
     return out, skipped
-
-
-def _read_rows(p: Path) -> list[tuple[int, object]]:
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return list(enumerate(pq.read_table(p).to_pylist()))
-    if p.suffix == ".json":
-        text = p.read_text()
-        try:
-            obj = json.loads(text)
-            if isinstance(obj, list):
-                return list(enumerate(obj))
-        except json.JSONDecodeError:
-            pass
-    rows = []
-    with open(p, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    rows.append((line_no, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise SampleError(f"{p} line {line_no}: invalid JSON: {e}") from None
-    return rows
 
 
 # ---------------------------------------------------------------- generation
@@ -176,7 +148,7 @@ def encode_prompt(tokenizer, prompt: str | list, *, chat_template: bool) -> list
         text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     if not isinstance(prompt, str):
-        raise SampleError("chat-message prompts need a tokenizer with a chat template")
+        raise DataError("chat-message prompts need a tokenizer with a chat template")
     return tokenizer(prompt)["input_ids"]
 
 
@@ -303,7 +275,7 @@ def load_policy(name_or_path: str, *, seed: int, dtype: str = "bf16"):
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
     eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
     if not eos:
-        raise SampleError(f"{name_or_path}: the tokenizer has no eos token: generation could not stop")
+        raise ConfigError(f"--model: {name_or_path}: the tokenizer has no eos token: generation could not stop")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     return model, tokenizer, pad, eos
 
@@ -337,7 +309,7 @@ def completed_batches(parts_dir: Path, batches: list[list[Prompt]]) -> set[int]:
         keep, k_rows, cur = 0, [], None
         for r, end in zip(rows, ends):
             if r["id"] not in index:
-                raise SampleError(f"{path}: prompt id {r['id']!r} is not among the prompts of this run")
+                raise DataError(f"{path}: prompt id {r['id']!r} is not among the prompts of this run")
             k, i = index[r["id"]]
             if k != cur:
                 cur, k_rows = k, []
@@ -367,17 +339,12 @@ def merge_parts(parts_dir: Path, prompts: list[Prompt], out: Path) -> int:
     for path in sorted(parts_dir.glob("part-*.jsonl")):
         for r in _part_rows(path)[0]:
             if r["id"] in by_id:
-                raise SampleError(f"{path}: prompt id {r['id']!r} written twice")
+                raise DataError(f"{path}: prompt id {r['id']!r} written twice")
             by_id[r["id"]] = r
     missing = [pr.id for pr in prompts if pr.id not in by_id]
     if missing:
-        raise SampleError(f"{parts_dir}: {len(missing)} prompts have no rows (first {missing[:3]})")
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(by_id[pr.id], ensure_ascii=False) + "\n" for pr in prompts)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+        raise DataError(f"{parts_dir}: {len(missing)} prompts have no rows (first {missing[:3]})")
+    write_jsonl(out, (by_id[pr.id] for pr in prompts))
     return len(prompts)
 
 
@@ -387,7 +354,7 @@ def _check_meta(parts_dir: Path, meta: dict) -> None:
         old = json.loads(path.read_text())
         if old != meta:
             diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-            raise SampleError(f"{parts_dir}: left by a run with other settings ({', '.join(diff)} differ); "
+            raise ConfigError(f"{parts_dir}: left by a run with other settings ({', '.join(diff)} differ); "
                               f"delete it or use the same settings to resume")
     else:
         tmp = path.with_name(META_FILE + ".tmp")
@@ -405,9 +372,9 @@ def run_sample(*, prompts_path: str, out: str, model: str = "builtin:smollm2", p
     ``barrier`` synchronises the ranks (rm_ds.cluster.dist.barrier under a launcher). Returns counts.
     """
     if batch_size < 1:
-        raise SampleError(f"--batch-size: must be >= 1, got {batch_size}")
+        raise ConfigError(f"--batch-size: must be >= 1, got {batch_size}")
     if dtype not in POLICY_DTYPES:
-        raise SampleError(f"--dtype: expected one of {sorted(POLICY_DTYPES)}, got {dtype!r}")
+        raise ConfigError(f"--dtype: expected one of {sorted(POLICY_DTYPES)}, got {dtype!r}")
     prompts, skipped = load_prompts(prompts_path, max_prompts=max_prompts)
     out_path = Path(out)
     parts_dir = out_path.with_name(out_path.name + PARTS_SUFFIX)
@@ -472,8 +439,27 @@ def _fault(count: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(args) -> int:
-    """The ``rm-ds sample`` entry (args from rm_ds.cli)."""
+@dataclass(frozen=True)
+class SampleOptions:
+    """``rm-ds sample``'s command line (``rm_ds.cli``)."""
+
+    prompts: str
+    out: str
+    model: str = "builtin:smollm2"
+    n: int = 2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int = 0
+    batch_size: int = 32
+    dtype: str = "bf16"
+    max_prompts: int | None = None
+    no_chat_template: bool = False
+    mpi: bool = False
+
+
+def main(args: SampleOptions) -> int:
+    """The ``rm-ds sample`` entry."""
     from rm_ds.cluster import dist
 
     info = dist.init(mpi_discovery=args.mpi)

@@ -9,7 +9,7 @@ Input (``.jsonl``, ``.json`` or ``.parquet``), recognised by its first row:
 
 - responses: ``{"prompt": ..., "response": ...}`` (strings or message lists), or ``{"messages": [...]}``
   (a conversation ending with the assistant turn to score);
-- scored responses (contract 4): ``{"id", "prompt", "responses": [...]}``: written back with
+- scored responses (``rm_ds.data.scored``): ``{"id", "prompt", "responses": [...]}``: written back with
   ``rewards`` filled in (and ``rewards/<objective>``, ``reward_std`` where they apply);
 - pairs: anything ``rm_ds.data.pairs.load_pairs`` reads (``prompt``/``chosen``/``rejected``, chat pairs).
 
@@ -35,6 +35,8 @@ import numpy as np
 import torch
 
 from rm_ds.cluster import dist
+from rm_ds.data.readers import read_records
+from rm_ds.errors import ConfigError, DataError
 from rm_ds.serve.scorer import (
     TRUNCATED,
     Encoded,
@@ -46,10 +48,6 @@ from rm_ds.serve.scorer import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """Bad scoring input; names the file, the line or row and the field."""
 
 
 @dataclass
@@ -67,63 +65,44 @@ class ScoreInput:
     """scored: for each flattened response, its row."""
 
 
-def _read_rows(path: Path) -> list[tuple[str, dict]]:
-    """(location, row) for every row of a .jsonl/.json/.parquet file."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return [(f"{path} row {i} (0-based)", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from e
-        out = []
-        for i, r in enumerate(rows):
-            if not isinstance(r, dict):
-                raise InputError(f"{path} row {i} (0-based): expected a JSON object, got {type(r).__name__}")
-            out.append((f"{path} row {i} (0-based)", r))
-        return out
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path} line {n}: invalid JSON: {e.msg}") from e
-        if not isinstance(r, dict):
-            raise InputError(f"{path} line {n}: expected a JSON object, got {type(r).__name__}")
-        out.append((f"{path} line {n}", r))
-    return out
+def _unicode(where: str, key: str, v: str) -> str:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate escape, which json.loads lets through
+        raise DataError(f"{where}: field '{key}': lone surrogate {v[e.start]!r} at character {e.start} is not "
+                        f"valid Unicode") from None
+    return v
 
 
 def _text_or_messages(where: str, row: dict, key: str, *, required: bool = True):
     v = row.get(key)
+    if isinstance(v, str):
+        _unicode(where, key, v)
+    elif isinstance(v, list):
+        for m in v:
+            if isinstance(m, dict):
+                for part in ("role", "content"):
+                    if isinstance(m.get(part), str):
+                        _unicode(where, key, m[part])
     if v is None:
         if required:
-            raise InputError(f"{where}: field '{key}': missing")
+            raise DataError(f"{where}: field '{key}': missing")
         return ""
     if isinstance(v, str):
         if required and not v.strip():
-            raise InputError(f"{where}: field '{key}': empty or whitespace-only")
+            raise DataError(f"{where}: field '{key}': empty or whitespace-only")
         return v
     if isinstance(v, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                    and isinstance(m.get("content"), str) for m in v) and v:
         return [{"role": m["role"], "content": m["content"]} for m in v]
-    raise InputError(f"{where}: field '{key}': expected a string or a list of {{role, content}} messages")
+    raise DataError(f"{where}: field '{key}': expected a string or a list of {{role, content}} messages")
 
 
 def read_input(path: str | Path) -> ScoreInput:
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.suffix not in (".jsonl", ".json", ".parquet"):
-        raise InputError(f"{path}: expected a .jsonl, .json or .parquet file")
-    rows = _read_rows(path)
+    rows = [(r.where, r.row) for r in read_records(path)]
     if not rows:
-        raise InputError(f"{path}: no rows")
+        raise DataError(f"{path}: no rows")
     first = rows[0][1]
     if "chosen" in first or "rejected" in first:
         from rm_ds.data.pairs import load_pairs
@@ -136,7 +115,7 @@ def read_input(path: str | Path) -> ScoreInput:
         for i, (where, r) in enumerate(rows):
             resp = r.get("responses")
             if not isinstance(resp, list) or not resp:
-                raise InputError(f"{where}: field 'responses': expected a non-empty list")
+                raise DataError(f"{where}: field 'responses': expected a non-empty list")
             prompt = _text_or_messages(where, r, "prompt")
             for j in range(len(resp)):
                 prompts.append(prompt)
@@ -148,7 +127,7 @@ def read_input(path: str | Path) -> ScoreInput:
         if "messages" in r:
             msgs = _text_or_messages(where, r, "messages")
             if not isinstance(msgs, list) or msgs[-1]["role"] != "assistant":
-                raise InputError(f"{where}: field 'messages': must be a message list ending with an assistant turn")
+                raise DataError(f"{where}: field 'messages': must be a message list ending with an assistant turn")
             prompts.append(msgs[:-1])
             responses.append(msgs[-1:])
         else:
@@ -207,6 +186,17 @@ def output_rows(inp: ScoreInput, statuses: list[str], cols: dict[str, np.ndarray
     return out
 
 
+OUT_SUFFIXES = (".jsonl", ".parquet")
+
+
+def check_paths(input_path: str | Path, out: str | Path) -> None:
+    """``--out`` is a .jsonl or .parquet file and not the input itself (checked before any model loads)."""
+    if Path(out).suffix not in OUT_SUFFIXES:
+        raise ConfigError(f"--out {out}: expected a {' or '.join(OUT_SUFFIXES)} file name")
+    if Path(out).resolve() == Path(input_path).resolve():
+        raise ConfigError(f"--out {out}: is the input file; write the scores to another file")
+
+
 def write_rows(rows: list[dict], out: str | Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -226,6 +216,9 @@ def run(models: list[str], input_path: str, out: str, *, step: str | None = None
         allow_pad_eq_eos: bool = False, rank: int = 0, world_size: int = 1, show_progress: bool = True,
         dtype: str = "fp32") -> dict:
     """Score ``input_path`` with every model; rank 0 writes ``out``. Returns the closing figures."""
+    check_paths(input_path, out)
+    if token_budget is not None and token_budget < 1:
+        raise ConfigError(f"--token-budget: must be >= 1, got {token_budget}")
     scorers = [load_scorer(m, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos, dtype=dtype)
                for m in models]
     check_ensemble(scorers)
@@ -269,16 +262,29 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
 
 
-def main(models: list[str], input_path: str, out: str, *, step: str | None, token_budget: int | None,
-         allow_pad_eq_eos: bool, mpi: bool, dtype: str = "fp32") -> None:
+@dataclass(frozen=True)
+class ScoreOptions:
+    """``rm-ds score``'s command line (``rm_ds.cli``)."""
+
+    model: list[str]
+    input: str
+    out: str
+    step: str | None = None
+    token_budget: int | None = None
+    allow_pad_eq_eos: bool = False
+    mpi: bool = False
+    dtype: str = "fp32"
+
+
+def main(opts: ScoreOptions) -> int:
+    """The ``rm-ds score`` entry: one process, or every rank of a launcher."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not (mpi or launched()):
-        run(models, input_path, out, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos,
-            dtype=dtype)
-        return
-    info = dist.init(mpi_discovery=mpi)
+    kw = dict(step=opts.step, token_budget=opts.token_budget, allow_pad_eq_eos=opts.allow_pad_eq_eos, dtype=opts.dtype)
+    if not (opts.mpi or launched()):
+        run(opts.model, opts.input, opts.out, **kw)
+        return 0
+    info = dist.init(mpi_discovery=opts.mpi)
     dist.set_threads(info)
-    run(models, input_path, out, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos,
-        rank=info.rank, world_size=info.world_size, dtype=dtype)
+    run(opts.model, opts.input, opts.out, rank=info.rank, world_size=info.world_size, **kw)
     dist.barrier()
     dist.shutdown(0)  # only on success: an exception propagates with its traceback

@@ -1,4 +1,4 @@
-"""Score responses and pairs with a trained reward model, exactly as the trainer did (contract 3).
+"""Score responses and pairs with a trained reward model, exactly as the trainer did.
 
     scorer = load_scorer("runs/default/export/final")          # or a run dir, or any HF RM folder
     r = scorer.score_responses(["What is 2+2?"], ["4"])          # (N,) or (N, K) for K objectives
@@ -30,6 +30,7 @@ from rm_ds.data.collate import collate_pairs, make_collate
 from rm_ds.input_recipe import InputRecipe, check_tokenizer, default_recipe, read_recipe
 from rm_ds.data.sampler import eval_shards
 from rm_ds.data.tokenize import encode_pair, leading_special_ids, fit_to_length
+from rm_ds.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class Scorer:
         full[idx] = vals
         return full
 
-    # ------------------------------------------------------------------ contract 3
+    # ------------------------------------------------------------------ scoring
 
     def score_responses(self, prompts: list, responses: list) -> np.ndarray:
         """Rewards (N,) for one objective, (N, K) for K; prompts/responses are strings or message lists."""
@@ -246,9 +247,9 @@ def resolve_model_dir(model: str, *, step: str | None = None) -> Path:
             export_run(path, step=step)
         return out
     if step is not None:
-        raise ValueError(f"--step {step!r}: {model} is not a run directory (no config.yaml and checkpoints/)")
+        raise ConfigError(f"--step {step!r}: {model} is not a run directory (no config.yaml and checkpoints/)")
     if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{model}: not a model folder (no config.json), nor a run directory")
+        raise ConfigError(f"--model {model}: not a model folder (no config.json), nor a run directory")
     return path
 
 
@@ -283,7 +284,7 @@ def load_scorer(model: str, *, step: str | None = None, token_budget: int | None
     AMX and on GPUs; rewards within ~1e-3 of fp32, see README "Scoring precision").
     """
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     from transformers import AutoConfig, AutoTokenizer
 
     from rm_ds.config import ModelConfig
@@ -314,7 +315,7 @@ def load_scorer(model: str, *, step: str | None = None, token_budget: int | None
     objectives = objective_names(net.config)
     shares = last and k == 1 and recipe.attn_implementation in ("sdpa", "eager")
     if prefix_sharing and not shares:
-        raise ValueError(f"{folder}: prefix sharing needs a last-token-pooling model with one output and sdpa/eager")
+        raise ConfigError(f"{folder}: prefix sharing needs a last-token-pooling model with one output and sdpa/eager")
     budget = max(token_budget or DEFAULT_TOKEN_BUDGET, 2 * recipe.max_length)
     calibration = getattr(net.config, "rm_ds_calibration", None) or (meta.get("calibration") if meta else None)
     return Scorer(model=net, tokenizer=tokenizer, recipe=recipe, name=str(model), calibration=calibration,
@@ -411,5 +412,5 @@ def pair_columns(scorers: list[Scorer], rewards: list[np.ndarray]) -> dict[str, 
 
 def check_ensemble(scorers: list[Scorer]) -> None:
     if len(scorers) > 1 and any(s.n_objectives != 1 for s in scorers):
-        raise ValueError("an ensemble (--model given more than once) needs models with one output each; "
+        raise ConfigError("--model: an ensemble (--model given more than once) needs models with one output each; "
                          f"got objectives {[s.objectives for s in scorers]}")

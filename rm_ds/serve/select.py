@@ -19,16 +19,18 @@ source row's ``id``: a labeller swaps ``chosen``/``rejected`` where the model is
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from itertools import combinations
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rm_ds.serve.score_file import InputError, read_input
+from rm_ds.data.jsonl import write_jsonl
+from rm_ds.serve.score_file import read_input
 from rm_ds.serve.scorer import check_ensemble, load_scorer
+from rm_ds.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def informativeness(by: str, margins: np.ndarray, probs: np.ndarray) -> np.ndarr
         return -(p * np.log(p) + (1 - p) * np.log(1 - p))
     if by == "ensemble_std":
         if margins.shape[0] < 2:
-            raise ValueError("--by ensemble_std needs two or more --model")
+            raise ConfigError("--by ensemble_std needs two or more --model")
         return margins.std(0)
     raise ValueError(f"--by {by!r}: expected one of {CRITERIA}")
 
@@ -84,12 +86,12 @@ def pick(scores: np.ndarray, prompts: list, k: int, *, groups: list[int] | None 
 def select(models: list[str], pool: str, *, k: int, by: str, dedupe: bool = False, threshold: float = 0.8,
            step: str | None = None, token_budget: int | None = None, allow_pad_eq_eos: bool = False) -> list[dict]:
     if k < 1:
-        raise ValueError(f"--k must be >= 1, got {k}")
+        raise ConfigError(f"--k: must be >= 1, got {k}")
     if by == "ensemble_std" and len(models) < 2:
-        raise ValueError("--by ensemble_std needs two or more --model")
+        raise ConfigError("--by ensemble_std needs two or more --model")
     inp = read_input(pool)
     if inp.kind == "responses":
-        raise InputError(f"{pool}: select needs pairs (prompt/chosen/rejected) or rows with a 'responses' list")
+        raise DataError(f"{pool}: select needs pairs (prompt/chosen/rejected) or rows with a 'responses' list")
     if inp.kind == "pairs":
         prompts, a, b, ids, groups = inp.prompts, inp.chosen, inp.rejected, inp.ids, None
     else:  # candidate responses: every two responses of one prompt
@@ -129,13 +131,31 @@ def select(models: list[str], pool: str, *, k: int, by: str, dedupe: bool = Fals
     return rows
 
 
-def main(models: list[str], pool: str, out: str, *, k: int, by: str, dedupe: bool, threshold: float,
-         step: str | None, token_budget: int | None, allow_pad_eq_eos: bool) -> None:
+@dataclass(frozen=True)
+class SelectOptions:
+    """``rm-ds select``'s command line (``rm_ds.cli``)."""
+
+    model: list[str]
+    pool: str
+    out: str
+    k: int
+    by: str
+    dedupe: bool = False
+    dedupe_threshold: float = 0.8
+    step: str | None = None
+    token_budget: int | None = None
+    allow_pad_eq_eos: bool = False
+
+
+def main(opts: SelectOptions) -> int:
+    """The ``rm-ds select`` entry."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    rows = select(models, pool, k=k, by=by, dedupe=dedupe, threshold=threshold, step=step,
-                  token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos)
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    print(f"wrote {out_path}", flush=True)
+    if not 0.0 <= opts.dedupe_threshold <= 1.0:
+        raise ConfigError(f"--dedupe-threshold: must be in [0, 1], got {opts.dedupe_threshold}")
+    if Path(opts.out).resolve() == Path(opts.pool).resolve():
+        raise ConfigError(f"--out {opts.out}: is the pool file; write the selection to another file")
+    rows = select(opts.model, opts.pool, k=opts.k, by=opts.by, dedupe=opts.dedupe, threshold=opts.dedupe_threshold,
+                  step=opts.step, token_budget=opts.token_budget, allow_pad_eq_eos=opts.allow_pad_eq_eos)
+    write_jsonl(opts.out, rows)
+    print(f"wrote {opts.out}", flush=True)
+    return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from rm_ds.train.checkpoint_files import (checkpoint_root, complete_tags, consol
 from rm_ds.config import Config, load_config
 from rm_ds.model import apply_lora, head_name, load_model_config, load_tokenizer, pad_token_for
 from rm_ds.input_recipe import write_recipe
+from rm_ds.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +40,18 @@ def resolve_step(run_dir: Path, step: str) -> str:
     root = checkpoint_root(run_dir)
     tags = complete_tags(root) if root.is_dir() else []
     if not tags:
-        raise FileNotFoundError(f"{root}: no complete checkpoint to export")
+        raise ConfigError(f"--run-dir {root}: no complete checkpoint to export")
     if step in ("final", "latest"):
         return tags[-1]
     if step == "best":
         best = run_dir / "best.json"
         if not best.exists():
-            raise FileNotFoundError(f"{best}: no best step recorded (was evaluation enabled?)")
+            raise ConfigError(f"--step best: {best}: no best step recorded (was evaluation enabled?)")
         tag = tag_for(json.loads(best.read_text())["step"])
     else:
         tag = step
     if tag not in tags:
-        raise FileNotFoundError(f"{root / tag}: no complete checkpoint (have: {', '.join(tags)})")
+        raise ConfigError(f"--step: {root / tag}: no complete checkpoint (have: {', '.join(tags)})")
     return tag
 
 
@@ -161,3 +163,19 @@ def save_adapter_with_head(peft_model, out: Path) -> None:
         raise RuntimeError(f"adapter export: LoRA weights without a place in the adapter: {unexpected[:5]}")
     getattr(wrapped.get_base_model(), head).modules_to_save["default"].load_state_dict(head_state)
     wrapped.save_pretrained(out, safe_serialization=True)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """``rm-ds export``'s command line (``rm_ds.cli``)."""
+
+    run_dir: str
+    step: str = "final"
+    out: str | None = None
+    adapter: bool = False
+
+
+def main(opts: ExportOptions) -> int:
+    """The ``rm-ds export`` entry: prints the exported folder."""
+    print(export_run(opts.run_dir, step=opts.step, out=opts.out, adapter=True if opts.adapter else None))
+    return 0
