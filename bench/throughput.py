@@ -143,7 +143,8 @@ class Window:
 def run_rm_ds(spec: dict) -> dict:
     from rm_ds.cluster import dist
     from rm_ds.data.collate import make_collate
-    from rm_ds.config import build_ds_config, load_config
+    from rm_ds.config import load_config
+    from rm_ds.train.ds_config import build_ds_config
     from rm_ds.data.dataset import build_sampler
     from rm_ds.train.engine import build_engine, train_step
     from rm_ds.train.loss import make_loss_fn

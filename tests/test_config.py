@@ -7,7 +7,8 @@ import json
 import pytest
 
 from rm_ds.errors import ConfigError
-from rm_ds.config import (CONFIGS_DIR, DS_CONFIGS_DIRS, Config, build_ds_config, load_config,
+from rm_ds.train.ds_config import build_ds_config
+from rm_ds.config import (CONFIGS_DIR, DS_CONFIGS_DIRS, Config, load_config,
                           parse_overrides, save_config)
 
 SHIPPED_YAML = sorted(CONFIGS_DIR.glob("*.yaml"))

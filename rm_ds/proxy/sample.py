@@ -40,6 +40,7 @@ import torch
 from rm_ds.data.jsonl import write_jsonl
 from rm_ds.data.readers import read_records
 from rm_ds.errors import ConfigError, DataError
+from rm_ds.train import faults
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +411,7 @@ def run_sample(*, prompts_path: str, out: str, model: str = "builtin:smollm2", p
             n_new += len(rows)
             if on_batch is not None:
                 on_batch(k)
-            _fault(count)
+            faults.fault("sample_batch", count, barrier=False)
             if rank == 0 and (count % 5 == 0 or count == len(mine)):
                 log.info("sample: rank 0 batch %d/%d (%.1f s)", count, len(mine), time.perf_counter() - t0)
     barrier()
@@ -428,15 +429,6 @@ def _todo_from_parts(parts_dir: Path, batches: list[list[Prompt]]) -> set[int]:
     for path in sorted(parts_dir.glob("part-*.jsonl")):
         have.update(r["id"] for r in _part_rows(path)[0])
     return {k for k, b in enumerate(batches) if not all(pr.id in have for pr in b)}
-
-
-def _fault(count: int) -> None:
-    """Test hook: ``RM_DS_FAULT=sample_batch:K`` SIGKILLs a rank right after its K-th batch is written."""
-    if os.environ.get("RM_DS_FAULT", "") == f"sample_batch:{count}":
-        import signal
-
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)

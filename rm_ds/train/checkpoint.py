@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import torch
@@ -47,9 +46,10 @@ from rm_ds.train.checkpoint_files import (
 from rm_ds.config import config_to_dict, flatten
 from rm_ds.errors import ConfigError
 from rm_ds.train.engine import load_checkpoint, save_checkpoint
+from rm_ds.train import faults
 from rm_ds.train.run_state import RunState
 
-__all__ = ["COMPLETE", "LATEST", "checkpoint_root", "complete_tags", "config_hash", "fault", "find_resume", "prune",
+__all__ = ["COMPLETE", "LATEST", "checkpoint_root", "complete_tags", "config_hash", "find_resume", "prune",
            "restore", "save", "tag_for"]
 
 log = logging.getLogger(__name__)
@@ -68,20 +68,6 @@ def config_hash(cfg) -> str:
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("max_steps", "save_every_steps",
                                                                     "keep_checkpoints", "export")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def fault(point: str, step: int) -> None:
-    """Test hook: ``RM_DS_FAULT=<point>:<step>`` makes every rank SIGKILL itself there.
-
-    Points: ``after_step`` (after step N and its checkpoint, if any), ``in_save`` (during the save at
-    step N, after the shards are written but before the checkpoint is marked complete).
-    """
-    spec = os.environ.get("RM_DS_FAULT", "")
-    if spec and spec == f"{point}:{step}":
-        dist.barrier()
-        log.warning("RM_DS_FAULT: killing rank at %s of step %d", point, step)
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def save(engine, state: RunState, *, run_dir: str | Path, rank: int, world_size: int, cfg_hash: str,
@@ -107,7 +93,7 @@ def save(engine, state: RunState, *, run_dir: str | Path, rank: int, world_size:
     save_checkpoint(engine, str(root), staging, {"rm_ds": saved})
     torch.save(rng, root / staging / f"rng_rank{rank}.pt")
     dist.barrier()
-    fault("in_save", state.step)
+    faults.fault("in_save", state.step)
     if rank == 0:
         (root / staging / COMPLETE).write_text(json.dumps(saved) + "\n")
         old = root / f"{OLD}{tag}"

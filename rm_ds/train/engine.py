@@ -22,7 +22,8 @@ import transformers
 from transformers.integrations import HfDeepSpeedConfig
 
 from rm_ds.cluster import dist
-from rm_ds.config import TrainConfig, zero_stage
+from rm_ds.config import TrainConfig
+from rm_ds.train.ds_config import zero_stage
 from rm_ds.train.loss import LossFn
 from rm_ds.model import rewards
 

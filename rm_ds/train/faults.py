@@ -1,4 +1,6 @@
-"""A training step that went non-finite: detect it on every rank at once, and say where it happened.
+"""Faults: a training step that went non-finite, and the test hook that kills a rank at a named point.
+
+A step that went non-finite is detected on every rank at once, and the error says where it happened.
 
 The step's loss is already summed over ranks and the grad norm is global, so a NaN or inf anywhere
 shows on every rank in the same step (the one all-reduced flag costs no extra collective). Only
@@ -8,10 +10,33 @@ pair ids and the last good checkpoint. The loop stops before any checkpoint of t
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import signal
 from pathlib import Path
 
 from rm_ds.cluster import dist
+
+
+log = logging.getLogger(__name__)
+
+
+def fault(point: str, n: int, *, barrier: bool = True) -> None:
+    """Test hook: ``RM_DS_FAULT=<point>:<n>`` makes this rank SIGKILL itself there.
+
+    Points: ``after_step`` (after step n and its checkpoint, if any), ``in_save`` (during the save at
+    step n, after the shards are written but before the checkpoint is marked complete), both on every
+    rank after a barrier; ``sample_batch`` (``rm-ds sample``: right after this rank's n-th batch is
+    written, no barrier).
+    """
+    if os.environ.get("RM_DS_FAULT", "") != f"{point}:{n}":
+        return
+    if barrier:
+        dist.barrier()
+    log.warning("RM_DS_FAULT: killing rank at %s %d", point, n)
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class NonFiniteStep(RuntimeError):

@@ -27,15 +27,12 @@ from rm_ds.train import checkpoint
 from rm_ds.cluster import dist
 from rm_ds.train import faults
 from rm_ds.builtin import rm_ds_home
-from rm_ds.train.checkpoint_files import eval_subdir
 from rm_ds.data.collate import make_collate
 from rm_ds.errors import ConfigError
 from rm_ds.config import (
     Config,
-    build_ds_config,
     check_train_plan,
     config_to_dict,
-    eval_token_budget,
     save_config,
 )
 from rm_ds.data.dataset import (
@@ -46,11 +43,10 @@ from rm_ds.data.dataset import (
     prepare_data,
     rows_at,
 )
+from rm_ds.train.ds_config import build_ds_config
 from rm_ds.train.engine import build_engine, cpu_has_bf16_matmul, model_build_context, train_step
-from rm_ds.eval.scores import EvalScores, compute_metrics
-from rm_ds.train.evaluate import gather_scores
+from rm_ds.train.evaluate import calibration_record, evaluate, save_eval_artifacts
 from rm_ds.train.loss import LossFn, make_loss_fn
-from rm_ds.eval.metrics import both_orientations, fit_temperature
 from rm_ds.model import (
     build_reward_model,
     head_name,
@@ -62,7 +58,7 @@ from rm_ds.model import (
 from rm_ds.train.run_state import RunState
 from rm_ds.train.selection import EarlyStopping
 from rm_ds.data.tokenize import eos_id
-from rm_ds.train.tracking import RunLogger, peak_rss_mib
+from rm_ds.train.tracking import RunLogger, peak_rss_mib, throughput
 
 log = logging.getLogger("rm_ds")
 
@@ -97,52 +93,15 @@ class Run:
 # ------------------------------------------------------------------------------------- evaluation
 
 
-def evaluate(tr: Run, step: int) -> tuple[EvalScores, dict[str, float]]:
-    """Score every eval pair once over all ranks; the metrics (fitted temperature included)."""
-    cfg, ds = tr.cfg, tr.data.eval
-    scores = gather_scores(tr.engine, ds, rank=tr.info.rank, world_size=tr.info.world_size, collate=tr.collate,
-                           token_budget=eval_token_budget(cfg),
-                           prefix_sharing=cfg.data.prefix_sharing, packing=cfg.data.packing)
-    objectives = cfg.model.objectives
-    if objectives:  # one temperature per objective over its labelled pairs, and one over all labelled entries
-        prefs = np.asarray(list(ds["prefs"]), dtype=np.float64)[scores.index]
-        d, lab = scores.chosen - scores.rejected, ~np.isnan(prefs)
-        temps = [fit_temperature(d[lab[:, j], j], beta=cfg.loss.beta, pref=prefs[lab[:, j], j]) if lab[:, j].any()
-                 else 1.0 for j in range(len(objectives))]
-        temperature = fit_temperature(d[lab], beta=cfg.loss.beta, pref=prefs[lab])
-        metrics = compute_metrics(scores, ds, loss=cfg.loss, n_bins=cfg.eval.ece_bins,
-                                  thresholds=cfg.eval.thresholds, objectives=objectives, temperatures=temps)
-        metrics.update({f"{o}/temperature": t for o, t in zip(objectives, temps)})
-        metrics["temperature"] = temperature
-        return scores, metrics
-    pref = np.asarray(ds["pref"], dtype=np.float64)[scores.index] if "pref" in ds.column_names else None
-    temperature = fit_temperature(scores.chosen - scores.rejected, beta=cfg.loss.beta, pref=pref)
-    metrics = compute_metrics(scores, ds, loss=cfg.loss, n_bins=cfg.eval.ece_bins, thresholds=cfg.eval.thresholds,
-                              temperature=temperature)
-    metrics["temperature"] = temperature
-    return scores, metrics
-
-
-def calibration_record(tr: Run, step: int, metrics: dict[str, float]) -> dict:
-    """What an exported model carries to turn rewards into calibrated probabilities."""
-    cfg = tr.cfg
-    return {"temperature": metrics["temperature"], "reward_mean": metrics["reward_mean"],
-            "reward_std": metrics["reward_std"], "beta": cfg.loss.beta, "ece_before": metrics["ece"],
-            "ece_after": metrics.get("ece_calibrated"), "eval_set_sha256": tr.eval_hash,
-            "eval_pairs": int(metrics["n_pairs"]), "eval_path": cfg.data.eval_path, "step": step,
-            **({"objectives": {o: {k: metrics.get(f"{o}/{k}") for k in ("temperature", "reward_mean", "reward_std",
-                                                                          "ece", "ece_calibrated", "n_pairs")}
-                               for o in cfg.model.objectives}} if cfg.model.objectives else {})}
-
-
 def evaluate_and_log(tr: Run, step: int) -> dict[str, float]:
     """Evaluate, update the best step and early stopping, log; rank 0 writes the artefacts."""
     cfg = tr.cfg
-    scores, metrics = evaluate(tr, step)
+    scores, metrics = evaluate(tr.engine, tr.data.eval, cfg, rank=tr.info.rank, world_size=tr.info.world_size,
+                               collate=tr.collate)
     improved = tr.state.stopper.update(step, metrics)
     metrics["best_step"] = float(tr.state.stopper.best_step)
     tr.logger.log("eval", step, metrics)
-    calibration = calibration_record(tr, step, metrics)
+    calibration = calibration_record(cfg, step, metrics, eval_hash=tr.eval_hash)
     if tr.info.is_main and cfg.eval.save_scores:
         save_eval_artifacts(tr.logger, step, scores, tr.data.eval, metrics, calibration, beta=cfg.loss.beta,
                             n_bins=cfg.eval.ece_bins)
@@ -151,40 +110,6 @@ def evaluate_and_log(tr: Run, step: int) -> dict[str, float]:
         tr.logger.write_json("best.json", {"step": step, "metric": cfg.eval.metric, "value": metrics[cfg.eval.metric],
                                             "metrics": metrics, "calibration": calibration})
     return metrics
-
-
-def save_eval_artifacts(logger: RunLogger, step: int, scores, ds, metrics: dict, calibration: dict, *,
-                        beta: float, n_bins: int) -> None:
-    """Per-eval files under ``run_dir/eval/step_NNNNNNNN/`` and the same plots as TensorBoard images."""
-    from rm_ds.eval.metrics import reliability_bins
-    from rm_ds.eval.plots import reliability_diagram_png, reward_histogram_png
-
-    sub = eval_subdir(step)
-    ids = list(ds["pair_id"])
-    sources = list(ds["source"]) if "source" in ds.column_names else [""] * len(ids)
-    where = {c: list(ds[c]) for c in ("file", "row", "pref") if c in ds.column_names}  # provenance of each pair
-    logger.write_json(f"{sub}/reward_distributions.json", {
-        "step": step, "pair_id": [ids[i] for i in scores.index], "source": [sources[i] for i in scores.index],
-        **{c: [v[i] for i in scores.index] for c, v in where.items()},
-        "chosen": scores.chosen.tolist(), "rejected": scores.rejected.tolist()})
-    logger.write_json(f"{sub}/calibration.json", calibration)
-    logger.write_json(f"{sub}/metrics.json", metrics)
-    chosen, rejected = scores.chosen, scores.rejected
-    if chosen.ndim == 2:  # several objectives: the plots show every labelled (pair, objective) entry
-        lab = ~np.isnan(np.asarray(list(ds["prefs"]), dtype=np.float64)[scores.index])
-        chosen, rejected = chosen[lab], rejected[lab]
-    margins = chosen - rejected
-    t = calibration["temperature"]
-    both_p, labels = both_orientations(beta * margins)
-    both_pt, _ = both_orientations(beta * margins / t)
-    logger.image("eval/reward_histogram", reward_histogram_png(chosen, rejected,
-                                                               title=f"rewards at step {step}"),
-                 step, filename=f"{sub}/reward_histogram.png")
-    logger.image("eval/reliability", reliability_diagram_png(
-        reliability_bins(both_p, labels, n_bins=n_bins), reliability_bins(both_pt, labels, n_bins=n_bins),
-        title=f"reliability at step {step} (T={t:.3g})"), step, filename=f"{sub}/reliability.png")
-    logger.histogram("eval/chosen_reward", chosen, step)
-    logger.histogram("eval/rejected_reward", rejected, step)
 
 
 # ------------------------------------------------------------------------------------- set-up
@@ -269,10 +194,9 @@ def step_scalars(tr: Run, stats, dt: float, epoch: int) -> dict[str, float]:
     """What TensorBoard and metrics.jsonl get for one optimizer step (peak memory of every rank)."""
     peaks = dist.gather_rows(torch.tensor([[peak_rss_mib()]]))[:, 0].tolist()
     return {"loss": stats.loss, "accuracy": stats.accuracy, "margin": stats.margin, "lr": stats.lr,
-            "grad_norm": stats.grad_norm, "n_pairs": stats.n_pairs, "pairs_per_s": stats.n_pairs / dt,
-            "tokens_per_s": stats.real_tokens / dt,
-            "useful_token_ratio": stats.real_tokens / max(1, stats.computed_tokens),
-            "prompt_reuse_share": 1.0 - stats.real_tokens / max(1, stats.unshared_tokens),
+            "grad_norm": stats.grad_norm, "n_pairs": stats.n_pairs,
+            **throughput(pairs=stats.n_pairs, real=stats.real_tokens, computed=stats.computed_tokens,
+                         unshared=stats.unshared_tokens, seconds=dt),
             "micro_steps": stats.micro_steps, "epoch": epoch, "peak_mem_mib": max(peaks),
             **{f"peak_mem_mib/rank{r}": v for r, v in enumerate(peaks)},
             "trainable_params": tr.trainable_params, "total_params": tr.total_params}
@@ -345,7 +269,7 @@ def train_loop(tr: Run, *, on_step=None) -> dict[str, float]:
                 log.info("step %d/%d  loss %.4f  accuracy %.3f  lr %.2e  %.1f pairs/s", st.step, tr.total_steps,
                          stats.loss, stats.accuracy, stats.lr, stats.n_pairs / dt)
             stop = evaluate_and_checkpoint_on_schedule(tr)
-            checkpoint.fault("after_step", st.step)
+            faults.fault("after_step", st.step)
             if stop or st.step >= tr.total_steps:
                 break
         else:  # epoch finished
@@ -353,10 +277,8 @@ def train_loop(tr: Run, *, on_step=None) -> dict[str, float]:
     if progress is not None:
         progress.close()
     return {"steps": st.step, "pairs": totals["pairs"], "train_time_s": totals["time"],
-            "pairs_per_s": totals["pairs"] / max(totals["time"], 1e-9),
-            "tokens_per_s": totals["real"] / max(totals["time"], 1e-9),
-            "useful_token_ratio": totals["real"] / max(1, totals["computed"]),
-            "prompt_reuse_share": 1.0 - totals["real"] / max(1, totals["unshared"]),
+            **throughput(pairs=totals["pairs"], real=totals["real"], computed=totals["computed"],
+                         unshared=totals["unshared"], seconds=totals["time"]),
             "peak_mem_mib": dist.all_reduce_max(peak_rss_mib()), "trainable_params": tr.trainable_params,
             "total_params": tr.total_params}
 

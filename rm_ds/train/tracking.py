@@ -94,3 +94,11 @@ class RunLogger:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+
+
+def throughput(*, pairs: int, real: int, computed: int, unshared: int, seconds: float) -> dict[str, float]:
+    """Speed figures of a step or a run: pairs and real (unpadded) tokens per second, the share of the
+    computed tokens that are real, and the share of tokens prefix sharing saved."""
+    t = max(seconds, 1e-9)
+    return {"pairs_per_s": pairs / t, "tokens_per_s": real / t, "useful_token_ratio": real / max(1, computed),
+            "prompt_reuse_share": 1.0 - real / max(1, unshared)}
