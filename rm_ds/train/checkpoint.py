@@ -26,8 +26,10 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
+import zipfile
 from pathlib import Path
 
 import torch
@@ -40,6 +42,7 @@ from rm_ds.train.checkpoint_files import (
     PARTIAL,
     checkpoint_root,
     complete_tags,
+    file_manifest,
     find_resume,
     read_state,
     tag_for,
@@ -48,8 +51,8 @@ from rm_ds.config import ConfigError, config_to_dict, flatten
 from rm_ds.train.engine import load_checkpoint, save_checkpoint
 from rm_ds.train.run_state import RunState
 
-__all__ = ["COMPLETE", "LATEST", "checkpoint_root", "complete_tags", "config_hash", "fault", "find_resume", "prune",
-           "restore", "save", "tag_for"]
+__all__ = ["COMPLETE", "LATEST", "check_resume_data", "checkpoint_root", "complete_tags", "config_hash", "fault",
+           "find_resume", "prune", "restore", "save", "tag_for", "train_data_record"]
 
 log = logging.getLogger(__name__)
 # Sections that may change between a run and its resume without changing what is trained.
@@ -84,10 +87,12 @@ def fault(point: str, step: int) -> None:
 
 
 def save(engine, state: RunState, *, run_dir: str | Path, rank: int, world_size: int, cfg_hash: str,
-         keep_last: int, config: dict | None = None) -> Path:
+         keep_last: int, config: dict | None = None, data: dict | None = None) -> Path:
     """Checkpoint ``engine`` and ``state`` at ``state.step`` on every rank; rank 0 marks it complete and
     prunes to the last ``keep_last`` plus the best step's checkpoint. ``config``: the resolved config
-    tree, saved so that a resume can name the keys that differ.
+    tree, saved so that a resume can name the keys that differ; ``data``: the training data's record
+    (``train_data_record``), so that a resume onto other data is refused. ``COMPLETE`` also lists every
+    file with its size, so that a file later missing or cut short is named on resume.
 
     Never writes into a tag that is already marked complete (a run resumed from its final checkpoint
     saves that step again): every rank writes into a fresh hidden directory, rank 0 marks it
@@ -99,7 +104,7 @@ def save(engine, state: RunState, *, run_dir: str | Path, rank: int, world_size:
     staging = f"{PARTIAL}{tag}"
     full = state.state_dict()
     rng = full.pop("rng")
-    saved = {**full, "world_size": world_size, "config_hash": cfg_hash, "config": config}
+    saved = {**full, "world_size": world_size, "config_hash": cfg_hash, "config": config, "data": data}
     if rank == 0 and (root / staging).exists():
         shutil.rmtree(root / staging)  # left by a run killed while saving
     dist.barrier()
@@ -108,7 +113,8 @@ def save(engine, state: RunState, *, run_dir: str | Path, rank: int, world_size:
     dist.barrier()
     fault("in_save", state.step)
     if rank == 0:
-        (root / staging / COMPLETE).write_text(json.dumps(saved) + "\n")
+        marked = {**saved, "files": file_manifest(root / staging)}  # every rank's files are written by now
+        (root / staging / COMPLETE).write_text(json.dumps(marked) + "\n")
         old = root / f"{OLD}{tag}"
         if (root / tag).exists():
             os.replace(root / tag, old)
@@ -165,12 +171,81 @@ def check_resume_config(saved: dict, cfg, where: Path, *, rank: int) -> None:
                     ", ".join(f"{k}={new.get(k)!r}" for k in changed), OVERRIDES_LOG)
 
 
+def train_data_record(report: dict) -> dict:
+    """What a checkpoint keeps of the training data (from the train split's entry in ``data.json``):
+    the path, the content fingerprint (every resolved file's name, size and bytes, or a hub dataset's
+    ``datasets`` fingerprint) and the counts."""
+    return {"train_path": report.get("path"), "split": report.get("split"), "fingerprint": report.get("fingerprint"),
+            "n_rows": report.get("n_rows"), "n_loaded": report.get("n_loaded"), "format": report.get("format")}
+
+
+def _saved_data_record(root: Path, tag: str, saved: dict) -> dict | None:
+    """The training-data record of the run that wrote ``root/tag``: from ``COMPLETE``, or, for a checkpoint
+    written before it held one, the train entry of ``data.json`` in that run's directory."""
+    if saved.get("data") is not None:
+        return saved["data"]
+    data_json = Path(root).parent / "data.json"
+    old_cfg = (saved.get("config") or {}).get("data", {})
+    try:
+        reports = json.loads(data_json.read_text())
+    except (OSError, ValueError):
+        return None
+    for r in reports if isinstance(reports, list) else []:
+        if isinstance(r, dict) and r.get("path") == old_cfg.get("train_path", r.get("path")) \
+                and r.get("split") == old_cfg.get("train_split", r.get("split")):
+            return train_data_record(r)
+    return None
+
+
+def check_resume_data(root: Path, tag: str, cfg, current: dict, *, rank: int) -> bool:
+    """Refuse to resume ``root/tag`` onto training data whose content differs from the data it was trained
+    on (same path, other bytes: rows flipped, cut, appended), naming ``data.train_path``, unless
+    ``resume_override`` lists ``data.train_path``; the override is then recorded in
+    ``run_dir/resume_overrides.jsonl`` and logged. ``current``: this run's ``train_data_record``.
+    Returns True when the data changed (and the override let it through)."""
+    saved = read_state(root, tag)
+    old = _saved_data_record(root, tag, saved)
+    if old is None or not old.get("fingerprint") or old.get("fingerprint") == current.get("fingerprint"):
+        return False
+    where = Path(root) / tag
+    counts = (f"{old.get('n_loaded')} pairs from {old.get('n_rows')} rows then, {current.get('n_loaded')} pairs from "
+              f"{current.get('n_rows')} rows now")
+    if "data.train_path" not in cfg.resume_override:
+        raise ConfigError(f"data.train_path: the training data {cfg.data.train_path!r} is not the data {where} was "
+                          f"trained on (content fingerprint {old['fingerprint'][:12]} then, "
+                          f"{str(current.get('fingerprint'))[:12]} now; {counts}); resuming would silently continue "
+                          f"on other pairs. Restore the file, start a new logging.run_dir, or accept the change "
+                          f"with resume_override=[data.train_path] (recorded in the run)")
+    if rank == 0:
+        record = {"step": saved["step"], "checkpoint": str(where),
+                  "data": {k: [old.get(k), current.get(k)] for k in ("train_path", "fingerprint", "n_rows",
+                                                                     "n_loaded", "format")}}
+        with open(Path(cfg.logging.run_dir) / OVERRIDES_LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.warning("resume: the training data changed (%s) and resume_override lists data.train_path: training "
+                    "on (recorded in %s)", counts, OVERRIDES_LOG)
+    return True
+
+
+def _fit_sampler_position(saved: dict, state: RunState, where: Path) -> dict:
+    """The saved sampler position, or the start of the next epoch when it lies past the end of this run's
+    epoch (possible only after an override changed the data or the batching): said in a warning."""
+    pos = saved.get("sampler")
+    if pos is None or state.sampler is None or pos["step"] <= state.sampler.steps_per_epoch():
+        return saved
+    log.warning("resume: %s stopped at step %d of epoch %d, but an epoch now has %d steps (the data or batching "
+                "changed under resume_override); going on at the start of epoch %d", where, pos["step"],
+                pos["epoch"], state.sampler.steps_per_epoch(), pos["epoch"] + 1)
+    return {**saved, "sampler": {"epoch": pos["epoch"] + 1, "step": 0}}
+
+
 def restore(engine, state: RunState, root: Path, tag: str, *, rank: int, world_size: int, cfg_hash: str,
             cfg=None) -> None:
     """Load DeepSpeed states into ``engine`` and the run state saved at ``tag`` into ``state``.
 
     With ``cfg`` (the new run's config) a checkpoint written with other training settings is refused,
-    naming the keys (``check_resume_config``)."""
+    naming the keys (``check_resume_config``). A load that fails (a shard damaged in a way
+    ``checkpoint_problem`` does not see) is a ``ConfigError`` naming the checkpoint."""
     saved = read_state(root, tag)
     if saved["world_size"] != world_size:
         raise ConfigError(f"resume: {root / tag} was written by {saved['world_size']} ranks and this run has "
@@ -180,9 +255,17 @@ def restore(engine, state: RunState, root: Path, tag: str, *, rank: int, world_s
         check_resume_config(saved, cfg, root / tag, rank=rank)
     elif saved["config_hash"] != cfg_hash:
         log.warning("resume: the training config differs from the one %s was written with", tag)
-    load_checkpoint(engine, str(root), tag)
+    try:
+        load_checkpoint(engine, str(root), tag)
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        if dist.peer_failure(e) is not None:  # a rank died while loading: exit 4, not a damaged checkpoint
+            raise
+        lines = str(e).strip().splitlines()
+        raise ConfigError(f"resume: checkpoint {root / tag} cannot be loaded ({type(e).__name__}: "
+                          f"{lines[0] if lines else ''}); it is damaged: resume from an older checkpoint folder, "
+                          f"or move this one aside and use resume=auto") from e
     rng_file = root / tag / f"rng_rank{rank}.pt"
     rng = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
-    state.load_state_dict({**saved, "rng": rng})
+    state.load_state_dict({**_fit_sampler_position(saved, state, root / tag), "rng": rng})
     log.info("resumed from %s at step %d (epoch %d, step %d in epoch)", root / tag, state.step,
              saved["sampler"]["epoch"], saved["sampler"]["step"])
