@@ -311,7 +311,8 @@ def eval_metric_problem(metric: str, *, thresholds: tuple[float, ...], objective
     head, sep, tail = metric.partition("/")
     if sep and head in objectives:
         name = tail
-    elif sep and head in ("accuracy", "n_pairs") and tail:
+        head, sep, tail = name.partition("/")
+    if sep and head in ("accuracy", "n_pairs") and tail:
         return None  # per source: whether that source exists is known once the eval data is loaded
     rates = {f"{k}@{t:g}" for k in ("tpr", "fpr", "fnr") for t in thresholds}
     if name in EVAL_METRICS or name in rates:
@@ -353,8 +354,6 @@ def validate(cfg: Config) -> None:
     for i, b in enumerate(t.adam_betas):
         _check(0 <= b < 1, f"train.adam_betas[{i}]", f"must be in [0, 1), got {b}")
     _check(t.adam_eps > 0, "train.adam_eps", f"must be > 0, got {t.adam_eps}")
-    _check(t.token_budget >= 1, "train.token_budget", f"must be >= 1, got {t.token_budget}")
-    _check(cfg.eval.token_budget is None or cfg.eval.token_budget >= 1, "eval.token_budget", "must be >= 1 or null")
     _check(cfg.eval.min_delta >= 0, "eval.min_delta", f"must be >= 0, got {cfg.eval.min_delta}")
     _check(cfg.lora.alpha > 0, "lora.alpha", f"must be > 0, got {cfg.lora.alpha}")
     _check(0 <= cfg.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")

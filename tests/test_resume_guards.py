@@ -80,7 +80,7 @@ def test_resume_onto_changed_training_data_is_refused_unless_overridden(root: Pa
     flipped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
     data.write_text("".join(json.dumps(r) + "\n" for r in flipped))
     for resume in ("resume=auto", f"resume={run_dir / 'checkpoints' / STEP2}"):
-        line = one_error_line(train(root, run_dir, data, resume))
+        line = one_error_line(train(root, run_dir, data, resume, "train.max_steps=2"))
         assert line.startswith("rm-ds: config error: data.train_path:") and str(data) in line, line
         assert "resume_override=[data.train_path]" in line and "32 pairs from 32 rows then, 32 pairs" in line, line
     assert train_steps(run_dir) == [1, 2]  # nothing trained
@@ -89,25 +89,25 @@ def test_resume_onto_changed_training_data_is_refused_unless_overridden(root: Pa
     complete = run_dir / "checkpoints" / STEP2 / "COMPLETE"
     saved = json.loads(complete.read_text())
     complete.write_text(json.dumps({k: v for k, v in saved.items() if k != "data"}) + "\n")
-    line = one_error_line(train(root, run_dir, data, "resume=auto"))
+    line = one_error_line(train(root, run_dir, data, "resume=auto", "train.max_steps=2"))
     assert "data.train_path:" in line, line
     complete.write_text(json.dumps(saved) + "\n")
 
     data.write_text("".join(json.dumps(r) + "\n" for r in rows[:12]))
-    line = one_error_line(train(root, run_dir, data, "resume=auto"))
+    line = one_error_line(train(root, run_dir, data, "resume=auto", "train.max_steps=2"))
     assert "data.train_path:" in line and "32 pairs from 32 rows then, 12 pairs from 12 rows now" in line, line
     assert not (run_dir / "resume_overrides.jsonl").exists()
 
     data.write_text("".join(json.dumps(r) + "\n" for r in flipped))
-    ok = train(root, run_dir, data, "resume=auto", "resume_override=[data.train_path]")
+    ok = train(root, run_dir, data, "resume=auto", "resume_override=[data.train_path,train.max_steps]")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "the training data changed" in ok.stderr and "resumed from" in ok.stderr, ok.stderr[-3000:]
     assert train_steps(run_dir) == [1, 2, 3, 4]
     rec = [json.loads(x) for x in (run_dir / "resume_overrides.jsonl").read_text().splitlines()]
-    assert len(rec) == 1 and rec[0]["step"] == 2
+    assert len(rec) == 1 and rec[0]["step"] == 2 and rec[0]["overrides"] == {"train.max_steps": [2, 4]}
     old_fp, new_fp = rec[0]["data"]["fingerprint"]
     assert old_fp != new_fp and rec[0]["data"]["n_loaded"] == [32, 32]
-    # the checkpoints written since carry the new data: a plain resume=auto on it is accepted
+    # the checkpoints written since carry the new data, so the next resume compares with that
     assert json.loads((run_dir / "checkpoints" / STEP4 / "COMPLETE").read_text())["data"]["fingerprint"] == new_fp
 
 

@@ -51,7 +51,7 @@ from rm_ds.config import ConfigError, config_to_dict, flatten
 from rm_ds.train.engine import load_checkpoint, save_checkpoint
 from rm_ds.train.run_state import RunState
 
-__all__ = ["COMPLETE", "LATEST", "check_resume_data", "checkpoint_root", "complete_tags", "config_hash", "fault",
+__all__ = ["COMPLETE", "LATEST", "check_resume", "checkpoint_root", "complete_tags", "config_hash", "fault",
            "find_resume", "prune", "restore", "save", "tag_for", "train_data_record"]
 
 log = logging.getLogger(__name__)
@@ -145,32 +145,6 @@ def _free(key: str) -> bool:
     return any(key.startswith(k) if k.endswith(".") else key == k for k in TRAJECTORY_FREE)
 
 
-def check_resume_config(saved: dict, cfg, where: Path, *, rank: int) -> None:
-    """Refuse to resume a checkpoint into a run whose config differs in a key that changes training,
-    unless ``cfg.resume_override`` lists every such key (the override is then recorded in run_dir)."""
-    if saved.get("config") is None:  # written before checkpoints carried their config
-        if saved["config_hash"] != config_hash(cfg) and not cfg.resume_override:
-            raise ConfigError(f"resume: the training config differs from the one {where} was written with (that "
-                              f"checkpoint does not record which keys); start a new run, or list the keys you "
-                              f"changed in resume_override")
-        return
-    old, new = flatten(saved["config"]), flatten(config_to_dict(cfg))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _free(k))
-    unapproved = [k for k in changed if k not in cfg.resume_override]
-    if unapproved:
-        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in unapproved)
-        raise ConfigError(f"resume: {where} was written by a run with other settings ({diffs}); resuming would "
-                          f"silently mix two runs. Restore those values, start a new logging.run_dir, or accept "
-                          f"the change with resume_override=[{','.join(unapproved)}] (recorded in the run)")
-    if changed and rank == 0:
-        record = {"step": saved["step"], "checkpoint": str(where),
-                  "overrides": {k: [old.get(k), new.get(k)] for k in changed}}
-        with open(Path(cfg.logging.run_dir) / OVERRIDES_LOG, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        log.warning("resume: overriding %s as resume_override allows (recorded in %s)",
-                    ", ".join(f"{k}={new.get(k)!r}" for k in changed), OVERRIDES_LOG)
-
-
 def train_data_record(report: dict) -> dict:
     """What a checkpoint keeps of the training data (from the train split's entry in ``data.json``):
     the path, the content fingerprint (every resolved file's name, size and bytes, or a hub dataset's
@@ -197,34 +171,67 @@ def _saved_data_record(root: Path, tag: str, saved: dict) -> dict | None:
     return None
 
 
-def check_resume_data(root: Path, tag: str, cfg, current: dict, *, rank: int) -> bool:
-    """Refuse to resume ``root/tag`` onto training data whose content differs from the data it was trained
-    on (same path, other bytes: rows flipped, cut, appended), naming ``data.train_path``, unless
-    ``resume_override`` lists ``data.train_path``; the override is then recorded in
-    ``run_dir/resume_overrides.jsonl`` and logged. ``current``: this run's ``train_data_record``.
-    Returns True when the data changed (and the override let it through)."""
-    saved = read_state(root, tag)
+def _config_changes(saved: dict, cfg, where: Path) -> dict[str, list]:
+    """The training keys whose values differ from those ``where`` was written with ({key: [old, new]});
+    a ``ConfigError`` naming them unless ``cfg.resume_override`` lists every one."""
+    if saved.get("config") is None:  # written before checkpoints carried their config
+        if saved["config_hash"] != config_hash(cfg) and not cfg.resume_override:
+            raise ConfigError(f"resume: the training config differs from the one {where} was written with (that "
+                              f"checkpoint does not record which keys); start a new run, or list the keys you "
+                              f"changed in resume_override")
+        return {}
+    old, new = flatten(saved["config"]), flatten(config_to_dict(cfg))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _free(k))
+    unapproved = [k for k in changed if k not in cfg.resume_override]
+    if unapproved:
+        diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in unapproved)
+        raise ConfigError(f"resume: {where} was written by a run with other settings ({diffs}); resuming would "
+                          f"silently mix two runs. Restore those values, start a new logging.run_dir, or accept "
+                          f"the change with resume_override=[{','.join(unapproved)}] (recorded in the run)")
+    return {k: [old.get(k), new.get(k)] for k in changed}
+
+
+def _data_change(root: Path, tag: str, saved: dict, cfg, current: dict) -> dict | None:
+    """None when the training data has the content ``root/tag`` was trained on (or the checkpoint does not
+    say); else {field: [old, new]}, or a ``ConfigError`` naming data.train_path unless ``resume_override``
+    lists it. The same path with other bytes (rows flipped, cut, appended) counts as other data."""
     old = _saved_data_record(root, tag, saved)
     if old is None or not old.get("fingerprint") or old.get("fingerprint") == current.get("fingerprint"):
-        return False
-    where = Path(root) / tag
+        return None
     counts = (f"{old.get('n_loaded')} pairs from {old.get('n_rows')} rows then, {current.get('n_loaded')} pairs from "
               f"{current.get('n_rows')} rows now")
     if "data.train_path" not in cfg.resume_override:
-        raise ConfigError(f"data.train_path: the training data {cfg.data.train_path!r} is not the data {where} was "
-                          f"trained on (content fingerprint {old['fingerprint'][:12]} then, "
+        raise ConfigError(f"data.train_path: the training data {cfg.data.train_path!r} is not the data "
+                          f"{Path(root) / tag} was trained on (content fingerprint {old['fingerprint'][:12]} then, "
                           f"{str(current.get('fingerprint'))[:12]} now; {counts}); resuming would silently continue "
                           f"on other pairs. Restore the file, start a new logging.run_dir, or accept the change "
                           f"with resume_override=[data.train_path] (recorded in the run)")
-    if rank == 0:
-        record = {"step": saved["step"], "checkpoint": str(where),
-                  "data": {k: [old.get(k), current.get(k)] for k in ("train_path", "fingerprint", "n_rows",
-                                                                     "n_loaded", "format")}}
+    log.warning("resume: the training data changed (%s); resume_override lists data.train_path, so training goes "
+                "on", counts)
+    return {k: [old.get(k), current.get(k)] for k in ("train_path", "fingerprint", "n_rows", "n_loaded", "format")}
+
+
+def check_resume(root: Path, tag: str, cfg, *, data: dict | None, rank: int, world_size: int) -> None:
+    """Every reason to refuse resuming ``root/tag`` into this run, checked before a model is built: another
+    world size; training keys that differ (``_config_changes``); training data with other content
+    (``_data_change``; ``data``: this run's ``train_data_record``). What ``cfg.resume_override`` lets
+    through is logged and recorded (rank 0) in ``run_dir/resume_overrides.jsonl``, once all checks pass."""
+    saved = read_state(root, tag)
+    where = Path(root) / tag
+    if saved["world_size"] != world_size:
+        raise ConfigError(f"resume: {where} was written by {saved['world_size']} ranks and this run has "
+                          f"{world_size}; the global batches would differ, so an exact resume is "
+                          f"impossible. Resume with {saved['world_size']} ranks, or start a new run.")
+    changed = _config_changes(saved, cfg, where)
+    data_changed = _data_change(root, tag, saved, cfg, data) if data is not None else None
+    if (changed or data_changed) and rank == 0:
+        record = {"step": saved["step"], "checkpoint": str(where), "overrides": changed,
+                  **({"data": data_changed} if data_changed else {})}
         with open(Path(cfg.logging.run_dir) / OVERRIDES_LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
-        log.warning("resume: the training data changed (%s) and resume_override lists data.train_path: training "
-                    "on (recorded in %s)", counts, OVERRIDES_LOG)
-    return True
+        if changed:
+            log.warning("resume: overriding %s as resume_override allows (recorded in %s)",
+                        ", ".join(f"{k}={v[1]!r}" for k, v in changed.items()), OVERRIDES_LOG)
 
 
 def _fit_sampler_position(saved: dict, state: RunState, where: Path) -> dict:
@@ -239,22 +246,18 @@ def _fit_sampler_position(saved: dict, state: RunState, where: Path) -> dict:
     return {**saved, "sampler": {"epoch": pos["epoch"] + 1, "step": 0}}
 
 
-def restore(engine, state: RunState, root: Path, tag: str, *, rank: int, world_size: int, cfg_hash: str,
-            cfg=None) -> None:
-    """Load DeepSpeed states into ``engine`` and the run state saved at ``tag`` into ``state``.
-
-    With ``cfg`` (the new run's config) a checkpoint written with other training settings is refused,
-    naming the keys (``check_resume_config``). A load that fails (a shard damaged in a way
-    ``checkpoint_problem`` does not see) is a ``ConfigError`` naming the checkpoint."""
+def restore(engine, state: RunState, root: Path, tag: str, *, rank: int, world_size: int, cfg_hash: str) -> None:
+    """Load DeepSpeed states into ``engine`` and the run state saved at ``tag`` into ``state`` (after
+    ``check_resume`` accepted it). A load that fails (a shard damaged in a way ``checkpoint_problem``
+    does not see) is a ``ConfigError`` naming the checkpoint."""
     saved = read_state(root, tag)
     if saved["world_size"] != world_size:
         raise ConfigError(f"resume: {root / tag} was written by {saved['world_size']} ranks and this run has "
                            f"{world_size}; the global batches would differ, so an exact resume is "
                            f"impossible. Resume with {saved['world_size']} ranks, or start a new run.")
-    if cfg is not None:
-        check_resume_config(saved, cfg, root / tag, rank=rank)
-    elif saved["config_hash"] != cfg_hash:
-        log.warning("resume: the training config differs from the one %s was written with", tag)
+    if saved["config_hash"] != cfg_hash:
+        log.info("resume: the training config differs from the one %s was written with (as resume_override "
+                 "allows)", tag)
     try:
         load_checkpoint(engine, str(root), tag)
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as e:

@@ -212,7 +212,8 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
     # compared with the data.json of the run that wrote it
     found = checkpoint.find_resume(cfg.resume, cfg.logging.run_dir) if training else None
     if found is not None:
-        checkpoint.check_resume_data(*found, cfg, checkpoint.train_data_record(data.reports[0]), rank=info.rank)
+        checkpoint.check_resume(*found, cfg, data=checkpoint.train_data_record(data.reports[0]), rank=info.rank,
+                                world_size=info.world_size)
     if info.is_main:  # the formats load_pairs chose (data.format=auto) and every count, kept with the run
         (run_dir / "data.json").write_text(json.dumps(data.reports, indent=1, default=str))
 
@@ -256,7 +257,7 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
              trainable_params=trainable, total_params=total)
     if found is not None:
         checkpoint.restore(engine, tr.state, *found, rank=info.rank, world_size=info.world_size,
-                           cfg_hash=checkpoint.config_hash(cfg), cfg=cfg)
+                           cfg_hash=checkpoint.config_hash(cfg))
         if tr.state.step >= tr.total_steps and not tr.state.stopped_early:
             log.warning("resume: the checkpoint is at step %d and this run ends at step %d (train.max_steps=%s, "
                         "train.epochs=%d x %d steps per epoch over %d pairs): nothing is left to train",
