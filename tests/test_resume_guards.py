@@ -193,3 +193,39 @@ def test_training_resumes_from_the_newest_whole_checkpoint(root: Path, two_check
         damage_garbage_rng(root_ / tag)
     line = one_error_line(train(root, run_dir, data, "resume=auto"))
     assert line.startswith("rm-ds: config error: resume=auto: no checkpoint in") and "rng_rank0.pt" in line, line
+
+
+@pytest.mark.parametrize(("override", "start"), [
+    ("resume=bogus", "rm-ds: config error: resume: 'bogus' is neither none, auto nor an existing checkpoint"),
+    ("eval.metric=bogus", "rm-ds: config error: eval.metric: 'bogus' is not an eval metric"),
+    ("logging.run_dir=", "rm-ds: config error: logging.run_dir: is empty"),
+    ("data.max_train_pairs=0", "rm-ds: config error: data.max_train_pairs: must be >= 1 or null"),
+])
+def test_bad_values_stop_the_command_at_load(override: str, start: str, tmp_path: Path) -> None:
+    """Through the command line: exit 2, one line, and nothing written (not even into the current directory)."""
+    proc = subprocess.run([sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny",
+                           f"logging.run_dir={tmp_path / 'run'}", override], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **ENV, "PYTHONPATH": str(Path(__file__).parents[1])},
+                          cwd=tmp_path)
+    assert one_error_line(proc).startswith(start), proc.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_metric_is_checked_against_the_loaded_eval_set() -> None:
+    """A per-source name whose source the eval set lacks, or tie_rate without soft labels, fails before
+    training with the names the set does yield; one it has passes."""
+    import datasets
+
+    from rm_ds.config import load_config
+    from rm_ds.train.recipe import check_eval_metric
+
+    ds = datasets.Dataset.from_dict({"pair_id": ["a", "b", "c"], "source": ["web", "web", "books"],
+                                     "prompt_ids": [[1], [1], [2]], "chosen_ids": [[3, 4], [5], [6]],
+                                     "rejected_ids": [[7], [8, 9], [4]]})
+    for ok in ("accuracy/books", "n_pairs/web", "len_corr_margin", "temperature", "tpr@0"):
+        check_eval_metric(load_config("tiny", [f"eval.metric={ok}"]), ds)
+    for bad in ("accuracy/news", "tie_rate"):
+        with pytest.raises(ConfigError) as e:
+            check_eval_metric(load_config("tiny", [f"eval.metric={bad}"]), ds)
+        assert str(e.value).startswith(f"eval.metric: {bad!r} is not among the metrics of the eval set")
+        assert "accuracy/books" in str(e.value) and "\n" not in str(e.value)
