@@ -306,7 +306,7 @@ labels) is checked against the loaded eval data before training (``rm_ds.train.r
 
 
 def eval_metric_problem(metric: str, *, thresholds: tuple[float, ...], objectives: tuple[str, ...]) -> str | None:
-    """Why ``metric`` names no eval metric (None when it can): the rule ``eval.metric`` is checked by at load."""
+    """Why ``metric`` names no eval metric (None when it can): the rule ``eval.metric`` is checked with at load."""
     name = metric
     head, sep, tail = metric.partition("/")
     if sep and head in objectives:
