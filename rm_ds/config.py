@@ -290,9 +290,82 @@ def _check(ok: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+SEED_MAX = 2**32 - 1
+"""NumPy's legacy seeding (``np.random.seed``) takes 0 .. 2**32 - 1."""
+EVAL_METRICS = ("accuracy", "auc", "loss", "n_pairs", "margin_mean", "margin_std", "margin_p5", "margin_p25",
+                "margin_p50", "margin_p75", "margin_p95", "neg_margin_rate", "ece", "brier", "nll", "ece_calibrated",
+                "brier_calibrated", "nll_calibrated", "reward_mean", "reward_std", "temperature", "tie_rate",
+                "n_untied", "len_corr_chosen", "len_corr_all", "len_corr_margin")
+"""The eval metric names (``rm_ds.eval.metrics.pairwise_metrics`` plus the fitted temperature); besides
+these, ``tpr@T``/``fpr@T``/``fnr@T`` for T in eval.thresholds, ``accuracy/<source>``, ``n_pairs/<source>``
+and, with model.objectives, ``<objective>/<name>``. Which of them an eval set yields (per source, soft
+labels) is checked against the loaded eval data before training (``rm_ds.train.recipe``)."""
+
+
+def eval_metric_problem(metric: str, *, thresholds: tuple[float, ...], objectives: tuple[str, ...]) -> str | None:
+    """Why ``metric`` names no eval metric (None when it can): the rule ``eval.metric`` is checked with at load."""
+    name = metric
+    head, sep, tail = metric.partition("/")
+    if sep and head in objectives:
+        name = tail
+        head, sep, tail = name.partition("/")
+    if sep and head in ("accuracy", "n_pairs") and tail:
+        return None  # per source: whether that source exists is known once the eval data is loaded
+    rates = {f"{k}@{t:g}" for k in ("tpr", "fpr", "fnr") for t in thresholds}
+    if name in EVAL_METRICS or name in rates:
+        return None
+    known = [*EVAL_METRICS, *sorted(rates), "accuracy/<source>", "n_pairs/<source>",
+             *([f"<objective>/<metric> for objective in {list(objectives)}"] if objectives else [])]
+    return f"{metric!r} is not an eval metric (known: {', '.join(known)})"
+
+
+def _check_resume(cfg: Config) -> None:
+    """``resume`` is none, auto, or a complete checkpoint folder that exists now (not at the end of set-up)."""
+    r = cfg.resume
+    if r in ("none", "auto"):
+        return
+    _check(r.strip() != "", "resume", "is empty; give none, auto or a checkpoint folder (checkpoints/step_NNNNNNNN)")
+    p = Path(r)
+    _check(p.is_dir(), "resume", f"{r!r} is neither none, auto nor an existing checkpoint folder "
+                                 f"(e.g. runs/x/checkpoints/step_00000040)")
+    _check((p / "COMPLETE").is_file(), "resume",
+           f"{r!r} is not a complete rm_ds checkpoint (no COMPLETE file: a save cut short, or not a checkpoint "
+           f"folder); give a checkpoints/step_NNNNNNNN folder, or resume=auto")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks; each failure names the key."""
     t, d = cfg.train, cfg.data
+    _check(d.train_path.strip() != "", "data.train_path", "is empty")
+    _check(d.eval_path is None or d.eval_path.strip() != "", "data.eval_path",
+           "is empty (an unset variable?); give a path, or null to train without evaluation")
+    _check(cfg.model.name_or_path.strip() != "", "model.name_or_path", "is empty")
+    _check(cfg.logging.run_dir.strip() != "", "logging.run_dir",
+           "is empty (an unset variable?): the run would write into the current directory; give a folder")
+    _check(d.max_train_pairs is None or d.max_train_pairs >= 1, "data.max_train_pairs",
+           f"must be >= 1 or null (null: every pair), got {d.max_train_pairs}")
+    _check(d.max_eval_pairs is None or d.max_eval_pairs >= 1, "data.max_eval_pairs",
+           f"must be >= 1 or null (null: every pair), got {d.max_eval_pairs}")
+    _check(0 <= t.seed <= SEED_MAX, "train.seed", f"must be in [0, 2**32 - 1], got {t.seed}")
+    _check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    for i, b in enumerate(t.adam_betas):
+        _check(0 <= b < 1, f"train.adam_betas[{i}]", f"must be in [0, 1), got {b}")
+    _check(t.adam_eps > 0, "train.adam_eps", f"must be > 0, got {t.adam_eps}")
+    _check(cfg.eval.min_delta >= 0, "eval.min_delta", f"must be >= 0, got {cfg.eval.min_delta}")
+    _check(cfg.lora.alpha > 0, "lora.alpha", f"must be > 0, got {cfg.lora.alpha}")
+    _check(0 <= cfg.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
+    _check(cfg.lora.target_modules is None or len(cfg.lora.target_modules) >= 1, "lora.target_modules",
+           "is an empty list; give module names, or null to pick them by model family")
+    problem = eval_metric_problem(cfg.eval.metric, thresholds=cfg.eval.thresholds, objectives=cfg.model.objectives)
+    _check(problem is None, "eval.metric", problem or "")
+    if cfg.eval.patience > 0:
+        _check(d.eval_path is not None, "eval.patience",
+               f"{cfg.eval.patience} asks for early stopping, which needs eval data, and data.eval_path is null; "
+               f"set data.eval_path, or eval.patience=0")
+        _check(cfg.eval.every_steps > 0, "eval.patience",
+               f"{cfg.eval.patience} asks for early stopping, but eval.every_steps=0 evaluates only at the end; "
+               f"set eval.every_steps, or eval.patience=0")
+    _check_resume(cfg)
     _check(t.global_batch_pairs >= 1, "train.global_batch_pairs", "must be >= 1")
     _check(t.epochs >= 1, "train.epochs", "must be >= 1")
     _check(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1 or null")

@@ -135,3 +135,68 @@ def test_drop_last_with_fewer_pairs_than_a_global_batch_names_the_keys():
     msg = str(e.value)
     assert msg.startswith("train.drop_last: ") and "train.global_batch_pairs=32" in msg and "5 training pairs" in msg
     check_train_plan(load_config(None, ["train.global_batch_pairs=32"]), n_train_pairs=5)  # drop_last=false keeps them
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["data.max_train_pairs=0"], "data.max_train_pairs: must be >= 1 or null"),
+    (["data.max_train_pairs=-5"], "data.max_train_pairs: must be >= 1 or null"),
+    (["data.max_eval_pairs=0"], "data.max_eval_pairs: must be >= 1 or null"),
+    (["resume=bogus"], "resume: 'bogus' is neither none, auto nor an existing checkpoint folder"),
+    (["resume="], "resume: is empty"),
+    (["train.seed=-1"], "train.seed: must be in [0, 2**32 - 1], got -1"),
+    (["train.seed=4294967296"], "train.seed: must be in [0, 2**32 - 1]"),
+    (["eval.metric=bogus"], "eval.metric: 'bogus' is not an eval metric (known: accuracy, auc, loss"),
+    (["eval.metric=tpr@0.5"], "eval.metric: 'tpr@0.5' is not an eval metric"),  # eval.thresholds is [0.0]
+    (["eval.metric=helpful/auc"], "eval.metric: 'helpful/auc' is not an eval metric"),  # no such objective
+    (["eval.patience=2", "data.eval_path=null"], "eval.patience: 2 asks for early stopping, which needs eval data"),
+    (["eval.patience=2", "eval.every_steps=0"], "eval.patience: 2 asks for early stopping, but eval.every_steps=0"),
+    (["train.weight_decay=-1"], "train.weight_decay: must be >= 0, got -1.0"),
+    (["logging.run_dir="], "logging.run_dir: is empty (an unset variable?)"),
+    (['logging.run_dir=" "'], "logging.run_dir: is empty"),
+    (["data.eval_path="], "data.eval_path: is empty (an unset variable?)"),
+    (["data.train_path="], "data.train_path: is empty"),
+    (["model.name_or_path="], "model.name_or_path: is empty"),
+    (["train.adam_betas=[0.9,1.0]"], "train.adam_betas[1]: must be in [0, 1), got 1.0"),
+    (["train.adam_eps=0"], "train.adam_eps: must be > 0"),
+    (["eval.min_delta=-0.1"], "eval.min_delta: must be >= 0"),
+    (["lora.alpha=0"], "lora.alpha: must be > 0"),
+    (["lora.dropout=1"], "lora.dropout: must be in [0, 1)"),
+    (["lora.target_modules=[]"], "lora.target_modules: is an empty list"),
+])
+def test_every_value_is_checked_at_load(overrides, needle):
+    """Values that used to pass and then crash (or do nothing) later, each refused at load naming its key."""
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", overrides)
+    assert str(e.value).startswith(needle.split(":")[0] + ":") and needle in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_values_at_the_edges_of_their_ranges_load(tmp_path):
+    cfg = load_config("tiny", ["data.max_train_pairs=1", "train.seed=0", "train.weight_decay=0", "eval.metric=tpr@0",
+                               "eval.metric=accuracy/web", "eval.patience=1", "eval.every_steps=2"])
+    assert cfg.eval.metric == "accuracy/web"  # a per-source name: its source is checked once the data is loaded
+    cfg = load_config("tiny", ["model.objectives=[helpful,harmless]", "eval.metric=harmless/ece_calibrated",
+                               "eval.thresholds=[0.5]", "eval.metric=helpful/fnr@0.5"])
+    assert cfg.eval.metric == "helpful/fnr@0.5"
+    ckpt = tmp_path / "step_00000004"
+    ckpt.mkdir()
+    with pytest.raises(ConfigError, match="no COMPLETE file"):
+        load_config("tiny", [f"resume={ckpt}"])
+    (ckpt / "COMPLETE").write_text("{}\n")
+    assert load_config("tiny", [f"resume={ckpt}"]).resume == str(ckpt)
+
+
+def test_the_metric_names_checked_at_load_cover_every_metric_the_evaluator_writes():
+    """EVAL_METRICS is a list kept by hand: every key pairwise_metrics can produce (all options on) must pass."""
+    import numpy as np
+
+    from rm_ds.config import eval_metric_problem
+    from rm_ds.eval.metrics import pairwise_metrics
+
+    n = 6
+    m = pairwise_metrics(np.arange(n, dtype=float), np.zeros(n), thresholds=[0.0, 1.5], temperature=2.0,
+                         sources=np.array(["a", "b"] * 3, dtype=object), pref=np.array([1, 0.5, 0.8, 1, 0.2, 1.0]),
+                         chosen_len=np.arange(n, dtype=float), rejected_len=np.ones(n))
+    for key in [*m, "temperature"]:
+        assert eval_metric_problem(key, thresholds=(0.0, 1.5), objectives=()) is None, key
+        assert eval_metric_problem(f"helpful/{key}", thresholds=(0.0, 1.5), objectives=("helpful", "x")) is None, key

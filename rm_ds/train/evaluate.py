@@ -20,6 +20,7 @@ import torch
 from rm_ds.cluster import dist
 from rm_ds.config import Config, eval_token_budget
 from rm_ds.eval.metrics import both_orientations, fit_temperature
+from rm_ds.errors import ConfigError
 from rm_ds.eval.scores import EvalScores, compute_metrics, merge_records
 from rm_ds.train.checkpoint_files import eval_subdir
 from rm_ds.train.engine import score_batches
@@ -123,3 +124,18 @@ def save_eval_artifacts(logger: RunLogger, step: int, scores, ds, metrics: dict,
         title=f"reliability at step {step} (T={t:.3g})"), step, filename=f"{sub}/reliability.png")
     logger.histogram("eval/chosen_reward", chosen, step)
     logger.histogram("eval/rejected_reward", rejected, step)
+
+
+def check_eval_metric(cfg: Config, eval_ds) -> None:
+    """``eval.metric`` must be a figure this eval set yields (per-source accuracy needs that source, soft
+    labels add tie_rate, ...): checked once the eval data is loaded, before any training step, with the
+    metric code itself on placeholder scores, so a typo never costs the run at its final eval."""
+    n, objectives = len(eval_ds), cfg.model.objectives
+    zeros = np.zeros((n, len(objectives)) if objectives else n)
+    names = set(compute_metrics(EvalScores(index=np.arange(n), chosen=zeros, rejected=zeros), eval_ds, loss=cfg.loss,
+                                n_bins=cfg.eval.ece_bins, thresholds=cfg.eval.thresholds, temperature=1.0,
+                                objectives=objectives, temperatures=[1.0] * len(objectives) if objectives else None))
+    names |= {"temperature", *(f"{o}/temperature" for o in objectives)}
+    if cfg.eval.metric not in names:
+        raise ConfigError(f"eval.metric: {cfg.eval.metric!r} is not among the metrics of the eval set "
+                          f"{cfg.data.eval_path!r} (it yields: {', '.join(sorted(names))})")

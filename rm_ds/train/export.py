@@ -79,7 +79,8 @@ def build_cpu_model(cfg: Config, state_dict: dict[str, torch.Tensor], tokenizer)
 def export_run(run_dir: str | Path, *, step: str = "final", out: str | Path | None = None,
                adapter: bool | None = None) -> Path:
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml")
+    # where the run resumed from does not matter here (and may have been pruned since)
+    cfg = load_config(run_dir / "config.yaml", ["resume=none"])
     tag = resolve_step(run_dir, step)
     out = Path(out) if out else run_dir / "export" / step
     adapter = (cfg.lora.export == "adapter") if adapter is None else adapter

@@ -45,7 +45,7 @@ from rm_ds.data.dataset import (
 )
 from rm_ds.train.ds_config import build_ds_config
 from rm_ds.train.engine import build_engine, cpu_has_bf16_matmul, model_build_context, train_step
-from rm_ds.train.evaluate import calibration_record, evaluate, save_eval_artifacts
+from rm_ds.train.evaluate import calibration_record, check_eval_metric, evaluate, save_eval_artifacts
 from rm_ds.train.loss import LossFn, make_loss_fn
 from rm_ds.model import (
     build_reward_model,
@@ -131,6 +131,14 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
                             builtin_dir=home / "data", training=training, objectives=cfg.model.objectives)
     for n in data.notes:
         log.info(n)
+    if data.eval is not None:
+        check_eval_metric(cfg, data.eval)
+    # before data.json is rewritten: a checkpoint from before checkpoints held their data record is
+    # compared with the data.json of the run that wrote it
+    found = checkpoint.find_resume(cfg.resume, cfg.logging.run_dir) if training else None
+    if found is not None:
+        checkpoint.check_resume(*found, cfg, data=checkpoint.train_data_record(data.reports[0]), rank=info.rank,
+                                world_size=info.world_size)
     if info.is_main:  # the formats load_pairs chose (data.format=auto) and every count, kept with the run
         (run_dir / "data.json").write_text(json.dumps(data.reports, indent=1, default=str))
 
@@ -172,10 +180,13 @@ def setup(cfg: Config, info: dist.DistInfo, *, training: bool = True) -> Run:
              loss_fn=make_loss_fn(cfg.loss), state=RunState(sampler=sampler, stopper=stopper),
              total_steps=int(total_steps), eval_hash=dataset_hash(data.eval) if data.eval is not None else None,
              trainable_params=trainable, total_params=total)
-    found = checkpoint.find_resume(cfg.resume, cfg.logging.run_dir) if training else None
     if found is not None:
         checkpoint.restore(engine, tr.state, *found, rank=info.rank, world_size=info.world_size,
-                           cfg_hash=checkpoint.config_hash(cfg), cfg=cfg)
+                           cfg_hash=checkpoint.config_hash(cfg))
+        if tr.state.step >= tr.total_steps and not tr.state.stopped_early:
+            log.warning("resume: the checkpoint is at step %d and this run ends at step %d (train.max_steps=%s, "
+                        "train.epochs=%d x %d steps per epoch over %d pairs): nothing is left to train",
+                        tr.state.step, tr.total_steps, t.max_steps, t.epochs, steps_per_epoch, len(data.train))
     return tr
 
 
@@ -183,7 +194,8 @@ def save_checkpoint(tr: Run) -> None:
     """Checkpoint the engine and the run state at the current step."""
     checkpoint.save(tr.engine, tr.state, run_dir=tr.cfg.logging.run_dir, rank=tr.info.rank,
                     world_size=tr.info.world_size, cfg_hash=checkpoint.config_hash(tr.cfg),
-                    keep_last=tr.cfg.train.keep_checkpoints, config=config_to_dict(tr.cfg))
+                    keep_last=tr.cfg.train.keep_checkpoints, config=config_to_dict(tr.cfg),
+                    data=checkpoint.train_data_record(tr.data.reports[0]))
     tr.state.last_save = tr.state.step
 
 
@@ -248,7 +260,10 @@ def train_loop(tr: Run, *, on_step=None) -> dict[str, float]:
             st.step += 1
             if not faults.step_is_finite(stats.loss, stats.grad_norm):  # the same verdict on every rank
                 ids = tr.data.train["pair_id"]
-                found = checkpoint.find_resume("auto", cfg.logging.run_dir)
+                try:
+                    found = checkpoint.find_resume("auto", cfg.logging.run_dir)
+                except ConfigError:  # no checkpoint that loads: the diagnosis names none
+                    found = None
                 raise faults.diagnose(step=st.step, loss=stats.loss, grad_norm=stats.grad_norm, rank=info.rank,
                                       local_micro=stats.nonfinite_micro,
                                       micro_pair_ids=[[ids[int(i)] for i in mb] for mb in micro_idx],
