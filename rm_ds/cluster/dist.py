@@ -317,7 +317,8 @@ def exit_with_error(message: str, code: int) -> None:
     Every rank usually meets the same config or data error. The other ranks wait a moment first: the
     launchers (deepspeed, torchrun, mpirun) kill the remaining ranks once rank 0 has exited, so the
     line is printed once. A rank that is still alive after the wait (its error was its own) prints it
-    too, with its rank, so no error goes unreported.
+    too, with its rank, so no error goes unreported. Without a process group (``rm-ds inspect``, ``label``,
+    a one-process ``score``) it raises ``SystemExit(code)``.
     """
     rank = tdist.get_rank() if tdist.is_initialized() else _launcher_rank()
     line = " ".join(message.splitlines())
@@ -325,6 +326,8 @@ def exit_with_error(message: str, code: int) -> None:
         time.sleep(3.0)
         line = f"[rank{rank}] {line}"
     sys.stderr.write(line + "\n")
+    if not tdist.is_initialized() and "mpi4py.MPI" not in sys.modules:
+        raise SystemExit(code)  # one process, no process group: a plain exit (callers in-process can catch it)
     shutdown(code)
 
 

@@ -48,6 +48,8 @@ def score_rows(rows: list[dict], score: ScoreFn, *, objective: int | None = None
 
     order = sorted(keys, key=lambda k: (-size(k), k))
     out = np.asarray(score([text[k][0] for k in order], [text[k][1] for k in order]), dtype=np.float64)
+    if objective is not None and (out.ndim == 1 or out.shape[1] == 1) and objective != 0:
+        raise ConfigError(f"--objective: {objective}, but the gold model gives one reward per response (only 0)")
     if out.ndim == 2:
         if out.shape[1] == 1:
             out = out[:, 0]
@@ -164,8 +166,14 @@ def main(args: LabelOptions) -> int:
     """The ``rm-ds label`` entry."""
     from rm_ds.serve.scorer import load_scorer
 
-    scorer = load_scorer(args.gold, step=args.step, dtype=args.dtype)
-    stats = label(args.samples, scorer.score_responses, out_scored=args.out_scored, out_pairs=args.out_pairs,
+    scorer = []
+
+    def score(prompts: list, responses: list) -> np.ndarray:  # the gold model loads once the samples are read
+        if not scorer:
+            scorer.append(load_scorer(args.gold, step=args.step, dtype=args.dtype))
+        return scorer[0].score_responses(prompts, responses)
+
+    stats = label(args.samples, score, out_scored=args.out_scored, out_pairs=args.out_pairs,
                   tie_eps=args.tie_eps, margin=args.margin, gold=args.gold, objective=args.objective)
     print(f"label: {stats.summary()}", flush=True)
     print(f"label: wrote {args.out_scored}" + (f" and {args.out_pairs}" if args.out_pairs else ""), flush=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rm_ds.data.scored import read_scored
+from rm_ds.errors import ConfigError, DataError
 from rm_ds.proxy.label import ScoreFn, score_rows
 
 HELDOUT_MIN_MATCH = 0.8
@@ -225,12 +226,20 @@ def run_match(splits: dict[str, str], score: ScoreFn, *, out: str | Path, tie_ep
     from rm_ds.train.tracking import RunLogger
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; match writes a folder (match.json, scatter PNGs, tb/)")
+    if not tie_eps >= 0:
+        raise ConfigError(f"--tie-eps: must be >= 0, got {tie_eps}")
+    labelled = {split: read_scored(path, need_rewards=True) for split, path in splits.items()}
     logger = RunLogger(out, enabled=True, tensorboard=True)
     figures: dict[str, dict[str, float]] = {}
     try:
         for split, path in splits.items():
-            proxy, gold = match_split(read_scored(path, need_rewards=True), score)
+            proxy, gold = match_split(labelled[split], score)
             figures[split] = match_figures(proxy, gold, tie_eps=tie_eps)
+            if figures[split]["n_pairs"] == 0:
+                raise DataError(f"{path}: no two responses of one prompt have gold rewards more than "
+                                f"--tie-eps {tie_eps:g} apart ({len(gold)} prompts): nothing to match")
             p = np.array([v for r in proxy for v in r])
             g = np.array([v for r in gold for v in r])
             logger.image(f"match/scatter_{split}", scatter_png(
@@ -283,8 +292,14 @@ def main(args: MatchOptions) -> int:
     splits = {"heldout": args.heldout}
     if args.train:
         splits["train"] = args.train
-    scorer = load_scorer(args.proxy, step=args.step, dtype=args.dtype)
-    result = run_match(splits, scorer.score_responses, out=args.out, tie_eps=args.tie_eps, proxy_name=args.proxy)
+    scorer = []
+
+    def score(prompts: list, responses: list) -> np.ndarray:  # the proxy loads once the files are read
+        if not scorer:
+            scorer.append(load_scorer(args.proxy, step=args.step, dtype=args.dtype))
+        return scorer[0].score_responses(prompts, responses)
+
+    result = run_match(splits, score, out=args.out, tie_eps=args.tie_eps, proxy_name=args.proxy)
     print(format_report(result), flush=True)
     print(f"match: wrote {Path(args.out) / 'match.json'}", flush=True)
     return 0

@@ -219,10 +219,10 @@ def run(models: list[str], input_path: str, out: str, *, step: str | None = None
     check_paths(input_path, out)
     if token_budget is not None and token_budget < 1:
         raise ConfigError(f"--token-budget: must be >= 1, got {token_budget}")
+    inp = read_input(input_path)  # before any model loads: a bad input costs no load time
     scorers = [load_scorer(m, step=step, token_budget=token_budget, allow_pad_eq_eos=allow_pad_eq_eos, dtype=dtype)
                for m in models]
     check_ensemble(scorers)
-    inp = read_input(input_path)
     t0 = time.perf_counter()
     rewards, tokens, statuses = [], 0, None
     for s in scorers:
