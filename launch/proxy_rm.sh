@@ -6,14 +6,14 @@
 #   deepspeed.config=zero0 data.pref_field=gold_pref
 # because the published global batch 64 x one epoch on ~300 pairs is ~5 optimizer steps (the proxy stays
 # near chance), and the gold's own probability as a soft label (gold_pref, written by rm-ds label) generalised
-# better than hard winners here (README "Proxy reward models"); eager attention because CPU SDPA's backward under
+# better than hard winners here (docs/proxy.md); eager attention because CPU SDPA's backward under
 # bf16 autocast was slower. PROXY_OVERRIDES= (empty) trains the published recipe as shipped.
 # The proxy's training runs no eval: rm-ds match scores the held-out prompts right after (the same pairs, in bf16),
 # where an fp32 eval inside training would repeat that for ~50 s; add data.eval_path=... to have it anyway.
 # Environment: PROMPTS (training prompts, default 300), HELDOUT (held-out prompts, 300), N (responses per
 # prompt, 2), MAX_NEW_TOKENS (48), SEED (0), GOLD (gold RM folder; default runs/default/export/final, trained
 # by the default run first if absent), POLICY (builtin:smollm2), OUT (runs/proxy), NPROC (ranks, 1: on a CPU
-# machine one rank on every core trained fastest, README "The product against TRL").
+# machine one rank on every core trained fastest, docs/performance.md "Launch layout").
 # Prompts are WordNet's (builtin:wordnet/train for training, builtin:wordnet/eval held out: disjoint words).
 # Every stage is resumable or idempotent: rerunning after a kill continues.
 set -euo pipefail

@@ -2,7 +2,7 @@
 # Set up (idempotent), then train a reward model on one machine with the deepspeed launcher.
 #   bash launch/train_local.sh [--config default|smollm2|tiny|FILE.yaml] [key.sub=value ...]
 # NPROC ranks (default: one per GPU; on a CPU-only machine 1 rank using every core, measured fastest on one
-# node: README "The product against TRL"), MASTER_PORT (default: a free port).
+# node: docs/performance.md "Launch layout"), MASTER_PORT (default: a free port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh

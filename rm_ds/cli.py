@@ -106,7 +106,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _dtype_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                    help="fp32: exact (default); bf16: forwards under bf16 autocast (fp32 weights), faster on "
-                        "AMX CPUs and GPUs, rewards within ~1e-3 of fp32 (README)")
+                        "AMX CPUs and GPUs, rewards within ~1e-3 of fp32 (docs/scoring-and-serving.md)")
 
 
 def _add_proxy_commands(sub) -> None:

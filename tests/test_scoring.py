@@ -1,4 +1,4 @@
-"""Recipe round trip: trainer eval scores = README snippet = Scorer = `rm-ds score` = the server (1e-5).
+"""Recipe round trip: trainer eval scores = the docs snippet = Scorer = `rm-ds score` = the server (1e-5).
 
     PYTHONPATH=. python -m pytest tests/test_scoring.py -q
 
@@ -112,10 +112,13 @@ def trainer_scores(run_dir: Path) -> dict[str, tuple[float, float]]:
     return {pid: (c, r) for pid, c, r in zip(d["pair_id"], d["chosen"], d["rejected"])}
 
 
-def readme_snippet() -> str:
-    text = (REPO / "README.md").read_text()
+DOC = REPO / "docs" / "scoring-and-serving.md"  # the plain-transformers snippet lives here (the README links it)
+
+
+def doc_snippet() -> str:
+    text = DOC.read_text()
     m = re.search(r"<!-- snippet: plain-transformers -->\n```python\n(.*?)```", text, re.DOTALL)
-    assert m, "README lost its plain-transformers snippet"
+    assert m, f"{DOC} lost its plain-transformers snippet"
     return m.group(1)
 
 
@@ -158,9 +161,9 @@ def test_recipe_round_trip(runs, combo, tmp_path):
     c1 = np.array([scorer.score_pairs([p], [x], [y])[0][0] for p, x, y in zip(prompts, chosen, rejected)])
     np.testing.assert_allclose(c1, c, atol=1e-5)
 
-    # the README's plain-transformers snippet, on the pairs the trainer did not truncate
+    # docs/scoring-and-serving.md's plain-transformers snippet, on the pairs the trainer did not truncate
     ns: dict = {}
-    exec(readme_snippet().replace('"runs/tiny/export/final"', repr(str(folder))), ns)  # noqa: S102 - the README's code
+    exec(doc_snippet().replace('"runs/tiny/export/final"', repr(str(folder))), ns)  # noqa: S102 - the docs' code
     ok = [i for i, s in enumerate(statuses) if s == "ok"]
     plain = np.array([[ns["reward"](prompts[i], chosen[i]), ns["reward"](prompts[i], rejected[i])] for i in ok])
     np.testing.assert_allclose(plain[:, 0], wc[ok], atol=1e-5)

@@ -281,7 +281,7 @@ def load_scorer(model: str, *, step: str | None = None, token_budget: int | None
     model whose pad equals eos is refused unless ``allow_pad_eq_eos``. ``prefix_sharing`` (default:
     on for decoders with one output) only changes how pairs are laid out, not their scores.
     ``dtype``: fp32 (exact) or bf16 (fp32 weights, forwards under bf16 autocast: faster on CPUs with
-    AMX and on GPUs; rewards within ~1e-3 of fp32, see README "Scoring precision").
+    AMX and on GPUs; rewards within ~1e-3 of fp32, see docs/scoring-and-serving.md "Scoring precision").
     """
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
