@@ -19,8 +19,9 @@ Rules:
   (``render_hh``), then tokenised like text. Prompt text: every prompt message as
   ``"\n\n" + label + ": " + content`` (labels: user -> ``Human``, assistant -> ``Assistant``, any
   other role -> the role with its first letter upper-cased, e.g. ``System``), then ``"\n\nAssistant:"``;
-  response text: ``" " + content`` of the final assistant message. So an HH row trains on exactly its
-  original transcript ``"\n\nHuman: ...\n\nAssistant: ..."``; ``response_separator`` is not used.
+  response text: ``" " + content`` of the final assistant message, trailing whitespace removed. So
+  an HH row trains on exactly its original transcript ``"\n\nHuman: ...\n\nAssistant: ..."``;
+  ``response_separator`` is not used. (docs/data-formats.md has the rule and a plain snippet.)
 - The score token is always the response's last token, eos.
 - Over ``max_length``: the prompt is cut from the left first (keeping a leading BOS/CLS token);
   only when the response alone is too long is it cut (keeping eos last) or the pair dropped.
@@ -142,8 +143,8 @@ def encode_pair(tokenizer, fmt: str, prompt, chosen, rejected, opts: TokenizeOpt
         p_msgs = _as_messages(prompt, "user") if prompt else []
         p_text = render_hh(p_msgs) + HH_GENERATION_PROMPT
         p_ids = tokenizer(p_text)["input_ids"]
-        c_ids, r_ids = (tokenizer(" " + _as_messages(x, "assistant")[-1]["content"], add_special_tokens=False)
-                        ["input_ids"] for x in (chosen, rejected))
+        c_ids, r_ids = (tokenizer(" " + _as_messages(x, "assistant")[-1]["content"].rstrip(),
+                                  add_special_tokens=False)["input_ids"] for x in (chosen, rejected))
         return p_ids, _strip_to_eos(c_ids, eos, ws), _strip_to_eos(r_ids, eos, ws)
     if fmt == "chat" or opts.chat_template:
         if not tokenizer.chat_template:
