@@ -225,6 +225,27 @@ def test_chat_template_asked_of_a_tokenizer_without_one_is_a_config_error(tokeni
         tokenize_pairs(ds, tok, TokenizeOptions(max_length=64, chat_template=True))
 
 
+def test_recipe_chat_render_read_back_and_checked(tokenizers):
+    from rm_ds.input_recipe import InputRecipe, build_recipe, check_tokenizer
+
+    _, minilm = tokenizers["minilm"]
+    _, smollm2 = tokenizers["smollm2"]
+    base = {"max_length": 64, "chat_template": False, "eos_token_id": 102, "pad_token_id": 0}
+    # recipes written before chat_render existed: chat data then needed a template, so a recorded one means it
+    assert InputRecipe.from_dict({**base, "chat_template_sha256": None}).chat_render == "hh"
+    assert InputRecipe.from_dict({**base, "chat_template_sha256": "ab"}).chat_render == "template"
+    recipe = build_recipe(smollm2, max_length=64, chat_template=False, response_separator="\n", overlong="truncate",
+                          last_token_pooling=True)
+    assert recipe.chat_render == "template" and InputRecipe.from_dict(recipe.to_dict()) == recipe
+    no_template = type(smollm2).from_pretrained(smollm2.name_or_path)
+    no_template.chat_template = None
+    with pytest.raises(ValueError, match="training rendered conversations with a chat template; this tokenizer "
+                                         "has none"):
+        check_tokenizer(recipe, no_template, where="export")
+    assert build_recipe(minilm, max_length=64, chat_template=False, response_separator="\n", overlong="truncate",
+                        last_token_pooling=False).chat_render == "hh"
+
+
 # ---------------------------------------------------------------- train + export + score, one per kind
 
 
