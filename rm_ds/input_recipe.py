@@ -6,7 +6,7 @@ training inputs. A folder without one (any Hugging Face reward model) gets ``def
 
 An example (tiny-llama, no chat template)::
 
-    {"version": 1, "tokenize_version": "1", "chat_template": false, "chat_template_sha256": null,
+    {"version": 1, "tokenize_version": "3", "chat_template": false, "chat_render": "hh", "chat_template_sha256": null,
      "response_separator": "\\n", "prompt_special_tokens": true, "response_special_tokens": false,
      "eos_token": "[SEP]", "eos_token_id": 102, "pad_token": "[PAD]", "pad_token_id": 0,
      "lead_token_ids": [101], "max_length": 64, "truncation_side": "left", "overlong": "truncate",
@@ -19,6 +19,10 @@ Rules the fields name (``rm_ds.data.tokenize`` applies them; nothing here re-imp
 - chat (message lists, or text with ``chat_template``): the prompt is the template rendered with
   ``add_generation_prompt=True``, the response what the whole conversation adds after it, stripped
   of trailing whitespace, ending with eos;
+- chat data on a tokenizer without a template (``chat_render: hh``): the conversation is rendered as
+  text by HH's rule, ``"\\n\\nHuman: <user>\\n\\nAssistant: <assistant>..."`` with the prompt ending in
+  ``"\\n\\nAssistant:"`` and the response ``" " + reply`` (``rm_ds.data.tokenize.render_hh``), then tokenised
+  as text; ``chat_render: template``: the chat template as above;
 - over ``max_length``: the prompt loses tokens from the left (``truncation_side``), a leading
   token in ``lead_token_ids`` (BOS/CLS) stays; a response too long on its own is cut from the right
   with eos kept last (``overlong: truncate``) or not scored (``drop``);
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from rm_ds.data.tokenize import TOKENIZE_VERSION, TokenizeOptions, eos_id
+from rm_ds.data.tokenize import TOKENIZE_VERSION, TokenizeOptions, eos_id, resolve_chat_render
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,8 @@ class InputRecipe:
     """Pad id; on decoders the reward is read at the last token that is not this one."""
     response_separator: str = "\n"
     """Text placed before the response when no chat template is used."""
+    chat_render: Literal["template", "hh"] = "template"
+    """How message lists became text in training: the chat template, or HH's Human:/Assistant: rule."""
     overlong: Literal["truncate", "drop"] = "truncate"
     """A response longer than max_length on its own: cut it (eos kept last) or do not score it."""
     chat_template_sha256: str | None = None
@@ -88,7 +94,7 @@ class InputRecipe:
     def tokenize_options(self) -> TokenizeOptions:
         """The options ``rm_ds.data.tokenize`` takes: the same ones the trainer used."""
         return TokenizeOptions(max_length=self.max_length, overlong=self.overlong, chat_template=self.chat_template,
-                               response_separator=self.response_separator)
+                               response_separator=self.response_separator, chat_render=self.chat_render)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -107,7 +113,9 @@ class InputRecipe:
         if int(d.get("version", RECIPE_VERSION)) > RECIPE_VERSION:
             raise ValueError(f"{where}: recipe version {d['version']} is newer than this rm_ds reads "
                              f"({RECIPE_VERSION})")
-        return cls(**{**d, "lead_token_ids": tuple(d.get("lead_token_ids", ()))})
+        # before chat_render was recorded, chat data needed a template: the template rule if one was recorded
+        render = d.get("chat_render", "template" if d.get("chat_template_sha256") else "hh")
+        return cls(**{**d, "lead_token_ids": tuple(d.get("lead_token_ids", ())), "chat_render": render})
 
 
 def template_sha256(tokenizer) -> str | None:
@@ -122,6 +130,7 @@ def build_recipe(tokenizer, *, max_length: int, chat_template: bool, response_se
     eos = eos_id(tokenizer)
     return InputRecipe(max_length=max_length, chat_template=chat_template, eos_token_id=eos,
                        pad_token_id=int(tokenizer.pad_token_id), response_separator=response_separator,
+                       chat_render=resolve_chat_render(tokenizer),
                        overlong=overlong, chat_template_sha256=template_sha256(tokenizer),
                        eos_token=tokenizer.convert_ids_to_tokens(eos), pad_token=tokenizer.pad_token,
                        lead_token_ids=lead, score_position="last_non_pad" if last_token_pooling else "first",
@@ -188,5 +197,7 @@ def check_tokenizer(recipe: InputRecipe, tokenizer, *, where: str) -> None:
         problems.append(f"pad token id {tokenizer.pad_token_id} != recorded {recipe.pad_token_id}")
     if recipe.chat_template_sha256 is not None and template_sha256(tokenizer) != recipe.chat_template_sha256:
         problems.append("the chat template differs from the one used in training")
+    if recipe.chat_render == "template" and not getattr(tokenizer, "chat_template", None):
+        problems.append("training rendered conversations with a chat template; this tokenizer has none")
     if problems:
         raise ValueError(f"{where}: the tokenizer does not match the model's input recipe: " + "; ".join(problems))

@@ -230,15 +230,6 @@ def test_chat_implicit_prompt_is_common_prefix(tmp_path: Path) -> None:
             "chosen": [*conv, msg("assistant", "hello!")],
             "rejected": [*conv, msg("assistant", "what")],
         },
-        {
-            "chosen": [
-                msg("user", "a"),
-                msg("assistant", "b"),
-                msg("user", "c"),
-                msg("assistant", "d"),
-            ],
-            "rejected": [msg("user", "a"), msg("assistant", "x")],
-        },
     ]
     ds, _ = load_pairs(str(write_jsonl(tmp_path / "chat.jsonl", rows)))
     assert ds.features == CHAT_FEATURES
@@ -246,13 +237,24 @@ def test_chat_implicit_prompt_is_common_prefix(tmp_path: Path) -> None:
     assert ds[0]["prompt"] == conv
     assert ds[0]["chosen"] == [msg("assistant", "hello!")]
     assert ds[0]["rejected"] == [msg("assistant", "what")]
-    assert ds[1]["prompt"] == [msg("user", "a")]
-    assert ds[1]["chosen"] == [
-        msg("assistant", "b"),
-        msg("user", "c"),
-        msg("assistant", "d"),
+
+
+def test_chat_conversations_that_differ_before_the_last_reply_are_refused(tmp_path: Path) -> None:
+    # chosen continues a different conversation (b, c, d after "a") than rejected (x after "a"): the two
+    # responses answer different contexts, so the row is no preference between two replies
+    rows = [
+        {"chosen": [msg("user", "a"), msg("assistant", "ok")], "rejected": [msg("user", "a"), msg("assistant", "no")]},
+        {
+            "chosen": [msg("user", "a"), msg("assistant", "b"), msg("user", "c"), msg("assistant", "d")],
+            "rejected": [msg("user", "a"), msg("assistant", "x")],
+        },
     ]
-    assert ds[1]["rejected"] == [msg("assistant", "x")]
+    path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    with pytest.raises(DataError, match=r"^\S*chat\.jsonl line 2: field 'chosen': 3 messages after the shared prefix "
+                                        r"\(1 messages\), expected one final 'assistant' reply.*different contexts$"):
+        load_pairs(str(path))
+    _, report = load_pairs(str(path), skip_invalid=True)
+    assert report.skipped == {"conversations differ before the last assistant turn in field 'chosen'": 1}
 
 
 def test_chat_extra_message_keys_are_dropped(tmp_path: Path) -> None:

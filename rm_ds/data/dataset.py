@@ -117,7 +117,8 @@ def load_split_with_report(data: DataConfig, tokenizer, path: str, *, split: str
     if len(tok) == 0:
         raise DataError(f"{path}: no pairs left after tokenization ({treport.summary()}); raise data.max_length "
                         f"or check the data")
-    return tok, note, {"path": path, "split": split, **dataclasses.asdict(report), "tokenized": treport.counts}
+    return tok, note, {"path": path, "split": split, **dataclasses.asdict(report), "tokenized": treport.counts,
+                       "chat_render": treport.chat_render or None}  # how conversations became text, if any
 
 
 def prepare_data(data: DataConfig, tokenizer, *, cache_dir: Path, builtin_dir: Path,

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,10 +57,12 @@ __all__ = [
     "RowError",
     "convert",
     "detect_format",
+    "detect_rows",
     "format_options",
     "group_rows",
     "pair_indices",
     "parse_hh",
+    "row_shape",
     "split_hh",
 ]
 
@@ -177,6 +179,36 @@ def detect_format(columns: set[str], first_row: dict | None) -> tuple[str, str]:
             and all(_looks_hh(first_row.get(f)) for f in ("chosen", "rejected")):
         return "hh", "'chosen'/'rejected' are '\\n\\nHuman: ... \\n\\nAssistant: ...' transcripts"
     return "pairs", "columns 'chosen'/'rejected'"
+
+
+def row_shape(row: dict) -> tuple[str, str] | None:
+    """(format, why) of one row by its own fields (``detect_format``), or None when it shows no shape
+    (not even ``chosen``/``rejected``: validation then names what is missing)."""
+    cols = set(row)
+    fmt, why = detect_format(cols, row)
+    if fmt == "pairs" and not {"chosen", "rejected"} <= cols:
+        return None
+    return fmt, why
+
+
+def detect_rows(rows: Iterable[tuple[str, Any]]) -> tuple[str, str, str] | None:
+    """(format, why, where) of the first row that shows a shape, after checking that every row shows the
+    same one; ``rows`` yields (where, row). Raises ValueError naming the first row of another shape.
+    None when no row shows one."""
+    first: tuple[str, str, str] | None = None
+    for where, r in rows:
+        if not isinstance(r, dict):
+            continue
+        shape = row_shape(r)
+        if shape is None:
+            continue
+        if first is None:
+            first = (*shape, where)
+        elif shape[0] != first[0]:
+            raise ValueError(f"{where}: this row is format {shape[0]} ({shape[1]}), but {first[2]} is format "
+                             f"{first[0]} ({first[1]}): one input holds one format (split the file, or set "
+                             f"data.format to read every row as one format)")
+    return first
 
 
 def _looks_hh(v: Any) -> bool:

@@ -54,8 +54,9 @@ def inspect_pairs(path: str, *, tokenizer: str | None, max_length: int, chat_tem
     ds, report = load_pairs(source, skip_invalid=True, fields=fields)
     invalid = sum(report.skipped.values())
     fmt = ds[0]["format"] if len(ds) else "?"
-    lines = [f"file: {path}", f"format: pairs ({fmt})",
+    lines = [f"file: {path}", f"format: {report.format} ({fmt}), {report.format_reason}",
              f"rows: {report.n_rows}  valid: {report.n_loaded}  invalid: {invalid}"]
+    lines += [f"  not read: {entry}" for entry in report.not_read]
     lines += [f"  invalid, {reason}: {n}" for reason, n in sorted(report.skipped.items())]
     lines += [f"  e.g. {m}" for m in report.examples]
     ties = report.skipped.get("identical chosen and rejected", 0)

@@ -35,15 +35,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
 import pyarrow as pa
 from datasets.table import InMemoryTable
 
-from rm_ds.data.formats import FORMATS, FormatOptions, RowError, convert, detect_format, group_rows
+from rm_ds.data.formats import FORMATS, FormatOptions, RowError, convert, detect_format, detect_rows, group_rows
 from rm_ds.data.jsonl import BadLine
-from rm_ds.data.readers import Rows, read_all, scored_folder
+from rm_ds.data.readers import Rows, not_read, read_all, scored_folder
 from rm_ds.data.scored import SCORED_FILES
 from rm_ds.data.validate import Invalid, PairFields, candidate_row, objective_prefs, pair_id, pref, row, text_or_chat
 from rm_ds.errors import DataError
@@ -117,6 +118,8 @@ class LoadReport:
     """Reason -> pairs left out by the format's rules (ties with data.ties=skip, SHP score ratio, ...)."""
     n_ties: int = 0
     """Tied pairs found (kept with pref 0.5 under data.ties=train, else counted in ``filtered``)."""
+    not_read: list[str] = field(default_factory=list)
+    """Entries of the folder or glob that were not read, each ``"name (why)"`` (other file types, sub-folders)."""
     fingerprint: str = field(default="", compare=False)
     """What was read, for cache keys: sha256 over every resolved file's name, size and bytes, or a hub
     dataset's ``datasets`` fingerprint (which covers the revision it was loaded at)."""
@@ -130,6 +133,8 @@ class LoadReport:
             s += f"; {self.n_ties} ties"
         if self.filtered:
             s += f"; filtered {dict(self.filtered)}"
+        if self.not_read:
+            s += f"; {len(self.not_read)} entries of the folder not read: {', '.join(self.not_read)}"
         return s
 
 
@@ -183,8 +188,22 @@ class _Collector:
 def _report(path_or_name: str, sources: list[Rows], fmt: str, why: str) -> LoadReport:
     return LoadReport(
         source=path_or_name, n_rows=sum(len(s.rows) for s in sources), n_loaded=0, format=fmt, format_reason=why,
+        not_read=not_read(path_or_name) if len(sources) > 1 or not Path(path_or_name).is_file() else [],
         fingerprint=hashlib.sha256("\0".join(s.fingerprint for s in sources).encode()).hexdigest(),
     )
+
+
+def _detect(path_or_name: str, sources: list[Rows]) -> tuple[str, str]:
+    """data.format=auto: the shape every row shows (a row of another shape is a DataError naming it)."""
+    try:
+        found = detect_rows((src.where(i), r) for src in sources for i, r in enumerate(src.rows))
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    if found is None:  # no row shows a shape: the columns decide (validation names what is missing)
+        present = set().union(*(src.present for src in sources))
+        return detect_format(present, None)
+    fmt, why, where = found
+    return fmt, f"{why}, as {where} and every other row show"
 
 
 # ---------------------------------------------------------------- entry point
@@ -234,9 +253,10 @@ def load_pairs(
             return wanted if f == "pairs" else sorted(cols)
 
         sources = read_all(path_or_name, split=split, wanted=pick)
-        present = set().union(*(src.present for src in sources))
-        first = next((r for src in sources for r in src.rows if isinstance(r, dict)), None)
-        fmt, why = detect_format(present, first) if format == "auto" else (format, f"data.format={format}")
+        if format == "auto":
+            fmt, why = _detect(path_or_name, sources)
+        else:
+            fmt, why = format, f"data.format={format}"
     if fmt != "pairs" and opts.objectives:
         raise DataError(f"{path_or_name}: several objectives (model.objectives) are read from pairs rows with a "
                         f"'{opts.objectives_field}' field; this data is format {fmt} ({why})")

@@ -25,7 +25,7 @@ from rm_ds.data.jsonl import BadLine, iter_lines
 from rm_ds.data.scored import SCORED_FILES, scored_from_files
 from rm_ds.errors import DataError
 
-__all__ = ["LOCAL_SUFFIXES", "Rows", "Record", "read_all", "read_records", "scored_folder"]
+__all__ = ["LOCAL_SUFFIXES", "Rows", "Record", "not_read", "read_all", "read_records", "scored_folder"]
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".arrow")
 
@@ -200,6 +200,33 @@ def _read_hub(name: str, split: str | None, wanted: Sequence[str]) -> Rows:
     return src
 
 
+SAVE_TO_DISK_METADATA = ("state.json", "dataset_info.json")
+"""The JSON files of a ``save_to_disk`` folder: metadata, not rows."""
+
+
+def not_read(path_or_name: str) -> list[str]:
+    """What a folder or glob holds that ``read_all`` does not read, as ``"name (why)"``: other file types,
+    sub-folders (not searched), a save_to_disk folder's metadata. Empty for a file or a hub name."""
+    p = Path(path_or_name).expanduser()
+    if p.is_dir():
+        entries = sorted(p.iterdir())
+    elif not p.exists() and any(ch in path_or_name for ch in "*?["):
+        entries = sorted(Path(f) for f in glob.glob(str(p)))
+    else:
+        return []
+    arrow = any(e.is_file() and e.suffix == ".arrow" for e in entries)
+    out = []
+    for e in entries:
+        if e.is_dir():
+            out.append(f"{e.name}/ (a folder: sub-folders are not searched)")
+        elif _suffix(e) not in LOCAL_SUFFIXES:
+            out.append(f"{e.name} (unsupported file type {_suffix(e) or 'without a suffix'!r}; read: "
+                       f"{', '.join(LOCAL_SUFFIXES)})")
+        elif arrow and e.name in SAVE_TO_DISK_METADATA:
+            out.append(f"{e.name} (save_to_disk metadata)")
+    return out
+
+
 def _local_files(path_or_name: str) -> list[Path] | None:
     """Files to read, or None if the string should be treated as a hub dataset name."""
     p = Path(path_or_name).expanduser()
@@ -208,7 +235,7 @@ def _local_files(path_or_name: str) -> list[Path] | None:
             f for f in p.iterdir() if f.is_file() and _suffix(f) in LOCAL_SUFFIXES
         )
         if any(f.suffix == ".arrow" for f in files):  # a save_to_disk folder: its JSON files are metadata
-            files = [f for f in files if f.name not in ("state.json", "dataset_info.json")]
+            files = [f for f in files if f.name not in SAVE_TO_DISK_METADATA]
         if not files:
             raise DataError(
                 f"{path_or_name}: directory has no {'/'.join(LOCAL_SUFFIXES)} files"

@@ -14,6 +14,14 @@ Rules:
   conversation adds after it; trailing whitespace after the final eos is removed so the last token
   is eos. Without a template: ``tokenizer(prompt)`` (with its special tokens) and
   ``tokenizer(separator + response, add_special_tokens=False) + [eos]``.
+- Chat data on a tokenizer without a chat template (``chat_render="hh"``; ``"auto"`` picks it when the
+  tokenizer has none): the conversation is rendered as text by HH-RLHF's own convention
+  (``render_hh``), then tokenised like text. Prompt text: every prompt message as
+  ``"\n\n" + label + ": " + content`` (labels: user -> ``Human``, assistant -> ``Assistant``, any
+  other role -> the role with its first letter upper-cased, e.g. ``System``), then ``"\n\nAssistant:"``;
+  response text: ``" " + content`` of the final assistant message, trailing whitespace removed. So
+  an HH row trains on exactly its original transcript ``"\n\nHuman: ...\n\nAssistant: ..."``;
+  ``response_separator`` is not used. (docs/data-formats.md has the rule and a plain snippet.)
 - The score token is always the response's last token, eos.
 - Over ``max_length``: the prompt is cut from the left first (keeping a leading BOS/CLS token);
   only when the response alone is too long is it cut (keeping eos last) or the pair dropped.
@@ -32,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rm_ds.errors import ConfigError
+
 TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_len", "rejected_len", "pair_len", "status")
 
 
@@ -45,6 +55,43 @@ class TokenizeOptions:
     """Render text pairs through the tokenizer's chat template."""
     response_separator: str = "\n"
     """Text placed before the response when no template is used."""
+    chat_render: Literal["auto", "template", "hh"] = "auto"
+    """How chat data becomes text: the tokenizer's template, or HH's ``Human:``/``Assistant:`` rule
+    (``render_hh``); auto: the template if the tokenizer has one, else hh."""
+
+
+CHAT_RENDERINGS = ("template", "hh")
+HH_LABELS = {"user": "Human", "assistant": "Assistant"}
+"""Speaker labels of the HH rendering; any other role is written with its first letter upper-cased."""
+HH_GENERATION_PROMPT = "\n\nAssistant:"
+"""What the rendered prompt ends with: the turn the response completes."""
+
+
+def resolve_chat_render(tokenizer, requested: str = "auto") -> str:
+    """``template`` or ``hh``: how this tokenizer renders chat data (``auto``: template if it has one)."""
+    if requested == "auto":
+        return "template" if getattr(tokenizer, "chat_template", None) else "hh"
+    if requested not in CHAT_RENDERINGS:
+        raise ValueError(f"chat_render must be auto, template or hh, got {requested!r}")
+    return requested
+
+
+def describe_chat_render(render: str) -> str:
+    """The one line printed at load and kept in the run's data.json."""
+    if render == "template":
+        return "conversations rendered by the tokenizer's chat template"
+    return ("conversations rendered as text by the HH rule (the tokenizer has no chat template): "
+            "'\\n\\nHuman: ...\\n\\nAssistant: ...', see docs/data-formats.md")
+
+
+def render_hh(messages: list[dict]) -> str:
+    """Messages as an HH transcript: ``"\\n\\nHuman: hi\\n\\nAssistant: hello"``.
+
+    >>> render_hh([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    '\\n\\nSystem: Be brief.\\n\\nHuman: hi'
+    """
+    return "".join(f"\n\n{HH_LABELS.get(m['role'], m['role'][:1].upper() + m['role'][1:])}: {m['content']}"
+                   for m in messages)
 
 
 @dataclass
@@ -54,10 +101,13 @@ class TokenizeReport:
     counts: dict[str, int] = field(default_factory=dict)
     """status -> count: ok, prompt_truncated, response_truncated, dropped_overlong, dropped_template,
     dropped_identical."""
+    chat_render: str = ""
+    """For chat data: template | hh (how conversations became text, ``describe_chat_render``); "" for text."""
 
     def summary(self) -> str:
         parts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
-        return f"{self.n_kept}/{self.n_pairs} pairs kept ({parts})"
+        s = f"{self.n_kept}/{self.n_pairs} pairs kept ({parts})"
+        return s + f"; {describe_chat_render(self.chat_render)}" if self.chat_render else s
 
 
 def eos_id(tokenizer) -> int:
@@ -89,9 +139,17 @@ def _as_messages(x: Any, role: str) -> list[dict]:
 
 def encode_pair(tokenizer, fmt: str, prompt, chosen, rejected, opts: TokenizeOptions, eos: int,
                  ws: set[int]) -> tuple[list[int], list[int], list[int]] | None:
+    if fmt == "chat" and resolve_chat_render(tokenizer, opts.chat_render) == "hh":
+        p_msgs = _as_messages(prompt, "user") if prompt else []
+        p_text = render_hh(p_msgs) + HH_GENERATION_PROMPT
+        p_ids = tokenizer(p_text)["input_ids"]
+        c_ids, r_ids = (tokenizer(" " + _as_messages(x, "assistant")[-1]["content"].rstrip(),
+                                  add_special_tokens=False)["input_ids"] for x in (chosen, rejected))
+        return p_ids, _strip_to_eos(c_ids, eos, ws), _strip_to_eos(r_ids, eos, ws)
     if fmt == "chat" or opts.chat_template:
         if not tokenizer.chat_template:
-            raise ValueError("chat-format data (or data.chat_template=true) needs a tokenizer with a chat template")
+            raise ValueError("data.chat_template=true (or chat_render=template) needs a tokenizer with a chat "
+                             "template; this one has none")
         p_msgs = _as_messages(prompt, "user") if prompt else []
         p_text = tokenizer.apply_chat_template(p_msgs, add_generation_prompt=True, tokenize=False) if p_msgs else ""
         out = []
@@ -135,7 +193,7 @@ def fit_to_length(p_ids: list[int], c_ids: list[int], r_ids: list[int], *, max_l
     return p_keep, cut(c_ids), cut(r_ids), "response_truncated"
 
 
-TOKENIZE_VERSION = "2"
+TOKENIZE_VERSION = "3"
 """Bump when the tokenisation rules change: it is part of every cache key."""
 
 
@@ -178,6 +236,15 @@ def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1, c
     and ``rejected_len`` (prompt + response), ``pair_len`` (their max: the padded length the pair
     needs) and ``status``. Dropped pairs are removed and counted.
     """
+    if opts.chat_template and not tokenizer.chat_template:
+        name = tokenizer.name_or_path or type(tokenizer).__name__
+        raise ConfigError(f"data.chat_template=true: the tokenizer {name} has no chat template (set "
+                          f"data.chat_template=false: chat data is then rendered as text by the HH rule, see "
+                          f"docs/data-formats.md)")
+    chat = len(ds) > 0 and ds[0]["format"] == "chat"
+    render = resolve_chat_render(tokenizer, opts.chat_render) if chat else ""
+    if render == "template" and not tokenizer.chat_template:
+        raise ConfigError(f"chat_render=template: the tokenizer {tokenizer.name_or_path} has no chat template")
     eos = eos_id(tokenizer)
     lead = leading_special_ids(tokenizer)
     ws = {tid for tid in tokenizer.convert_tokens_to_ids(tokenizer.tokenize("\n \n\n"))
@@ -208,5 +275,5 @@ def tokenize_pairs(ds, tokenizer, opts: TokenizeOptions, *, num_proc: int = 1, c
                     desc="tokenizing pairs", cache_file_name=cache_file, load_from_cache_file=cache_file is not None)
     counts = Counter(mapped["status"])
     kept = mapped.filter(lambda s: not s.startswith("dropped"), input_columns="status")
-    report = TokenizeReport(n_pairs=len(mapped), n_kept=len(kept), counts=dict(counts))
+    report = TokenizeReport(n_pairs=len(mapped), n_kept=len(kept), counts=dict(counts), chat_render=render)
     return kept, report

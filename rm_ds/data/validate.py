@@ -194,6 +194,11 @@ def _chat(raw: dict, fl: PairFields, *, has_prompt: bool) -> tuple[list, list, l
             chosen = chosen[n:]
         if n and rejected[:n] == prompt:
             rejected = rejected[n:]
+        if prompt and prompt[-1]["role"] == "assistant":
+            raise Invalid(f"prompt ends with an assistant turn in field '{fl.prompt}'",
+                          f"field '{fl.prompt}': ends with an 'assistant' turn (message {n - 1}): the responses "
+                          f"must answer the prompt's last turn, not continue a reply")
+        shared = fl.prompt
     else:
         n = 0
         while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
@@ -201,8 +206,19 @@ def _chat(raw: dict, fl: PairFields, *, has_prompt: bool) -> tuple[list, list, l
         if len(chosen) == len(rejected) == n:
             raise _identical()
         prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+        if prompt and prompt[-1]["role"] == "assistant" and chosen and rejected:
+            raise Invalid("shared context ends with an assistant turn",
+                          f"field '{fl.chosen}': the conversations share {n} messages ending with an 'assistant' "
+                          f"turn: the two responses must answer the same last non-assistant turn")
+        shared = "the shared prefix"
     _continuation(chosen, fl.chosen)
     _continuation(rejected, fl.rejected)
+    for f, rest in ((fl.chosen, chosen), (fl.rejected, rejected)):
+        if len(rest) > 1:  # the conversations differ before their last assistant turn
+            raise Invalid(f"conversations differ before the last assistant turn in field '{f}'",
+                          f"field '{f}': {len(rest)} messages after {shared} ({len(prompt)} messages), expected "
+                          f"one final 'assistant' reply: its earlier turns differ from the other response's, so "
+                          f"the two responses answer different contexts")
     if [(m["role"], m["content"].strip()) for m in chosen] == [
         (m["role"], m["content"].strip()) for m in rejected
     ]:
