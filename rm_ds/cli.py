@@ -252,17 +252,9 @@ def _main(argv: list[str] | None) -> None:
         except (InputError, ValueError, FileNotFoundError) as e:
             sys.exit(f"rm-ds score: {e}")
     elif args.command == "serve":
-        from rm_ds.serve.server import ServeOptions
-        from rm_ds.serve.server import main as serve_main
+        from rm_ds.serve.server import command as serve_command
 
-        try:
-            serve_main(args.model, ServeOptions(host=args.host, port=args.port, api_key=args.api_key,
-                                                max_batch_wait_ms=args.max_batch_wait_ms, max_queue=args.max_queue,
-                                                max_items=args.max_items, max_body_bytes=args.max_body_bytes),
-                       step=args.step, token_budget=args.token_budget, allow_pad_eq_eos=args.allow_pad_eq_eos,
-                       dtype=args.dtype)
-        except ValueError as e:
-            sys.exit(f"rm-ds serve: {e}")
+        serve_command(args)
     elif args.command == "select":
         from rm_ds.serve.select import main as select_main
 

@@ -186,7 +186,7 @@ def test_overfilled_queue_gets_503_and_shutdown_is_graceful(model):
         assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) > 0, codes
         for r in got:
             if r.status_code == 503:
-                assert r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+                assert r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "busy"
             else:
                 np.testing.assert_allclose([x["reward"] for x in r.json()["results"]], want, atol=1e-5)
 
@@ -219,16 +219,20 @@ def test_bad_requests_422_413_401(model):
     with TestClient(create_app([scorer], opts)) as c:
         ok = {"prompt": "p", "response": "r"}
         r = c.post("/v1/score", json={"responses": [ok, ok, {"prompt": "p"}]})
-        assert r.status_code == 422 and r.json()["error"] == "body.responses[2].response: Field required"
+        assert r.status_code == 422 and r.json()["error"] == {
+            "code": "invalid", "message": "body.responses[2].response: Field required",
+            "field": "body.responses[2].response"}
         r = c.post("/v1/score", json={"responses": [ok, {"prompt": "p", "response": 3}]})
-        assert r.status_code == 422 and r.json()["error"].startswith("body.responses[1].response: expected a string")
+        assert r.status_code == 422 and r.json()["error"]["message"].startswith(
+            "body.responses[1].response: expected a string")
         r = c.post("/v1/compare", json={"pairs": [{"prompt": "p", "a": "x", "b": "x"},
                                                   {"prompt": "p", "a": "x", "b": " "}]})
-        assert r.status_code == 422 and r.json()["error"] == "body.pairs[1].b: empty"
+        assert r.status_code == 422 and r.json()["error"]["field"] == "body.pairs[1].b"
+        assert r.json()["error"]["message"] == "empty or whitespace-only"
         r = c.post("/v1/score", json={"responses": []})
-        assert r.status_code == 422 and "body.responses" in r.json()["error"]
+        assert r.status_code == 422 and r.json()["error"]["field"] == "body.responses"
         r = c.post("/v1/score", json={"responses": [ok] * 5})
-        assert r.status_code == 413 and "limit is 4" in r.json()["error"]
+        assert r.status_code == 413 and "limit is 4" in r.json()["error"]["message"]
         r = c.post("/v1/score", json={"responses": [{"prompt": "p" * 3000, "response": "r"}]})
         assert r.status_code == 413
         r = c.post("/v1/score", content=iter([b'{"responses": [', b" " * 2500, b"]}"]),
