@@ -123,9 +123,23 @@ def test_load_16_clients_2000_requests(server, model):
     print(f"2000 requests in {dt:.1f}s ({2000 / dt:.0f}/s) in {health['batches']} batches")
 
 
+def artifact_dir() -> Path:
+    """Where tests keep files for a person to look at: $RM_DS_TEST_ARTIFACTS, else runs/test-artifacts/."""
+    out = Path(os.environ.get("RM_DS_TEST_ARTIFACTS") or REPO / "runs" / "test-artifacts")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def wait_status(page, timeout: float = 60) -> str:
+    return page.wait_for("(() => { const s = document.querySelector('#status');"
+                         " return (s.textContent === 'done' || s.className === 'error') && s.textContent; })()",
+                         timeout=timeout)
+
+
 def test_web_page_in_chromium(server, tmp_path):
-    """As a person would: load /, type the prompt and three responses, click Score, read the numbers from the
-    page and compare them with /v1/score and /v1/compare (Chromium driven over --remote-debugging-pipe)."""
+    """As a person would: load /, type the prompt and four responses, remove one, press Ctrl+Enter; read the
+    bars' widths, the winner and the legend from the page and compare them with /v1/score and /v1/compare;
+    an edit clears the results. Chromium is driven over --remote-debugging-pipe; the screenshot is kept."""
     from tests.cdp import Chromium
 
     chromium = shutil.which("chromium")
@@ -135,35 +149,89 @@ def test_web_page_in_chromium(server, tmp_path):
     browser = Chromium(chromium, str(tmp_path / "profile"))
     try:
         page = browser.open_page(url + "/")
-        page.wait_for("document.readyState === 'complete' && document.querySelectorAll('.response').length === 2")
+        page.wait_for("document.readyState === 'complete' && document.querySelectorAll('.response').length === 2"
+                      " && !document.querySelector('#model').textContent.startsWith('loading')")
+        assert page.eval("document.querySelector('#keybox').hidden") is True  # auth is off: no key box
         page.type("#prompt", prompt)
         page.click("#add")
-        page.wait_for("document.querySelectorAll('.response').length === 3")
+        page.click("#add")
+        page.wait_for("document.querySelectorAll('.response').length === 4")
         for i, r in enumerate(rs):
             page.type(f"#response-{i}", r)
+        page.type("#response-3", "to be removed")
+        page.click("#remove-3")
+        page.wait_for("document.querySelectorAll('.response').length === 3")
         assert page.eval("document.querySelector('#response-2').value") == rs[2]
-        page.click("#submit")
-        status = page.wait_for("(() => { const s = document.querySelector('#status');"
-                               " return (s.textContent === 'done' || s.className === 'error') && s.textContent; })()",
-                               timeout=60)
-        assert status == "done", status
+        page.click("#response-2")
+        page.press("Enter", code=13, ctrl=True)  # Ctrl+Enter submits
+        assert wait_status(page) == "done"
         values = dict(page.eval("[...document.querySelectorAll('[data-value]')].map((e) => [e.id, e.dataset.value])"))
+        widths = page.eval("Object.fromEntries([...document.querySelectorAll('.bar')].map((b) => [b.id,"
+                           " [Number(b.dataset.width), 100 * b.firstChild.getBoundingClientRect().width"
+                           " / b.getBoundingClientRect().width]]))")
+        legend = page.eval("document.querySelector('#legend').textContent")
+        headers = page.eval("[...document.querySelectorAll('#ranking th')].map((e) => e.textContent)")
+        winner = page.eval("document.querySelector('#winner').closest('tr').id")
         shot = page.screenshot()
+        page.type("#response-1", " and more")  # an edit: the old numbers go
+        page.wait_for("document.querySelector('#results').children.length === 0")
     finally:
         browser.close()
+    out = artifact_dir() / "serve_page.png"
+    out.write_bytes(shot)
+    print(f"screenshot of the scored page: {out}")
     pairs = [(i, j) for i in range(3) for j in range(i + 1, 3)]
     compare = httpx.post(url + "/v1/compare", json={"pairs": [{"prompt": prompt, "a": rs[i], "b": rs[j]}
                                                                for i, j in pairs]}).json()["results"]
     score = httpx.post(url + "/v1/score", json={"responses": [{"prompt": prompt, "response": r}
                                                               for r in rs]}).json()["results"]
+    p = {}
     for (i, j), res in zip(pairs, compare):
         assert float(values[f"p-{i}-{j}"]) == pytest.approx(res["p_a"], abs=1e-9)
         assert float(values[f"p-{j}-{i}"]) == pytest.approx(1 - res["p_a"], abs=1e-9)
-    for i, res in enumerate(score):
-        assert float(values[f"reward-{i}"]) == pytest.approx(res["reward"], abs=1e-9)
+        p[i, j], p[j, i] = res["p_a"], 1 - res["p_a"]
+    rewards = [res["reward"] for res in score]
+    for i, r in enumerate(rewards):
+        assert float(values[f"reward-{i}"]) == pytest.approx(r, abs=1e-9)
+    best = int(np.argmax(rewards))
+    runner_up = max((i for i in range(3) if i != best), key=lambda i: rewards[i])
+    assert winner == f"row-{best}"
+    lo, hi = min(rewards), max(rewards)
+    for i, r in enumerate(rewards):
+        want_reward = 100 * (0.08 + 0.92 * (r - lo) / (hi - lo))
+        want_p = 100 * p[i, runner_up if i == best else best]
+        for bar_id, want in ((f"bar-reward-{i}", want_reward), (f"bar-p-{i}", want_p)):
+            declared, drawn = widths[bar_id]
+            assert declared == pytest.approx(want, abs=0.01), bar_id
+            assert drawn == pytest.approx(want, abs=1.0), bar_id  # as laid out on screen
+    assert widths[f"bar-reward-{best}"][0] == pytest.approx(100.0)
+    assert legend.startswith("Reward: the model's score") and "probability that people prefer" in legend
+    assert headers[:4] == ["Response", "Text", "Reward (higher is better)", "Chance it beats the best"]
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000
-    if os.environ.get("RM_DS_KEEP_SCREENSHOT"):
-        Path(os.environ["RM_DS_KEEP_SCREENSHOT"]).write_bytes(shot)
+
+
+def test_web_page_with_api_key(model, tmp_path):
+    """A server that needs a key: the page shows the key box; scoring without the key shows the server's own
+    message; with the key typed in, the results come (the key is never put into the URL)."""
+    from tests.cdp import Chromium
+
+    proc, url = start_server(model, "--api-key", "s3cret")
+    browser = Chromium(shutil.which("chromium"), str(tmp_path / "profile"))
+    try:
+        page = browser.open_page(url + "/?prompt=hi&r=one&r=two&key=s3cret")
+        page.wait_for("document.readyState === 'complete' && !document.querySelector('#keybox').hidden")
+        assert "key=" not in page.eval("location.href")  # an old link's key is dropped from the address bar
+        assert page.eval("document.querySelector('#key').value") == ""
+        page.click("#submit")
+        assert wait_status(page) == "missing or wrong bearer token (Authorization: Bearer KEY)"
+        assert page.eval("document.querySelector('#results').children.length") == 0
+        page.type("#key", "s3cret")
+        page.click("#submit")
+        assert wait_status(page) == "done"
+        assert "key" not in page.eval("location.href")
+    finally:
+        browser.close()
+        stop(proc)
 
 
 def test_overfilled_queue_gets_503_and_shutdown_is_graceful(model):
