@@ -197,19 +197,7 @@ def _score(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from rm_ds.serve import server
 
-    opts = server.ServeOptions(host=args.host, port=args.port, api_key=args.api_key,
-                               max_batch_wait_ms=args.max_batch_wait_ms, max_queue=args.max_queue,
-                               max_items=args.max_items, max_body_bytes=args.max_body_bytes)
-    try:
-        server.main(args.model, opts, step=args.step, token_budget=args.token_budget,
-                    allow_pad_eq_eos=args.allow_pad_eq_eos, dtype=args.dtype)
-    except UserError:
-        raise
-    except ValueError as e:  # the refused bind, and option checks of the server
-        from rm_ds.errors import ConfigError
-
-        raise ConfigError(str(e)) from None
-    return 0
+    return server.command(args)
 
 
 def _select(args: argparse.Namespace) -> int:

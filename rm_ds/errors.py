@@ -11,6 +11,7 @@ code   class                                       printed as (one line, once, r
 3      ``DataError``: an input file's contents     ``rm-ds: data error: a.jsonl line 2: field 'rejected': missing``
 4      a rank died or stopped responding           ``rm-ds: rank 0: a collective timed out ...``
 5      a non-finite training step                  ``rm-ds: step N: non-finite training step ...``
+6      ``AddressInUse``: ``rm-ds serve``'s port    ``rm-ds: port in use: 127.0.0.1:8000 is already taken ...``
 =====  ==========================================  ===============================================
 
 Codes 4 and 5 come from the training loop (``rm_ds.cluster.dist``, ``rm_ds.train.faults``), not from a
@@ -49,3 +50,9 @@ class DataError(UserError):
     exit_code = 3
     kind = "data error"
 
+
+class AddressInUse(UserError):
+    """``rm-ds serve``: the host and port to listen on are taken (checked before any model loads)."""
+
+    exit_code = 6
+    kind = "port in use"

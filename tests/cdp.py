@@ -108,5 +108,11 @@ class Page:
         self.click(selector)
         self.send("Input.insertText", {"text": text})
 
+    def press(self, key: str, *, code: int, ctrl: bool = False) -> None:
+        """A key press (down and up) on the focused element, e.g. ``press("Enter", code=13, ctrl=True)``."""
+        for kind in ("rawKeyDown", "keyUp"):
+            self.send("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code,
+                                                 "modifiers": 2 if ctrl else 0})
+
     def screenshot(self) -> bytes:
         return base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"])

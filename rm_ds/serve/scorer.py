@@ -41,6 +41,10 @@ purpose: on CPU, MiniLM scored 256 WordNet pairs fastest at 1024-2048 (fp32 and 
 DTYPES = ("fp32", "bf16")
 """Scoring precisions: fp32 (exact, the default) or bf16 (fp32 weights, forwards under bf16 autocast)."""
 TRUNCATED = ("prompt_truncated", "response_truncated")
+CUT_CHARS_PER_TOKEN = 8
+"""Texts longer than this many characters per window token are cut before tokenisation (``Scorer._cut``)."""
+CUT_MARGIN_TOKENS = 16
+"""Tokens a cut piece must have beyond the window, so that the cut lies well outside what is kept."""
 
 
 @dataclass
@@ -95,8 +99,33 @@ class Scorer:
 
     # ------------------------------------------------------------------ tokenisation (rm_ds.data.tokenize)
 
+    def _cut(self, text: str, *, keep_end: bool) -> str:
+        """``text`` cut to the part the window can use, before it is tokenised whole (a 3.5 MB string took
+        16 s): the last (prompt, truncated from the left) or first (response, cut from the right)
+        ``CUT_CHARS_PER_TOKEN * max_length`` characters, doubled until that piece alone has
+        ``max_length + CUT_MARGIN_TOKENS`` tokens. Then every token the truncation keeps lies more than
+        the margin away from the cut, so the ids, scores and truncation status equal the whole text's."""
+        m = self._opts.max_length
+        n = CUT_CHARS_PER_TOKEN * m
+        while n < len(text):
+            piece = text[len(text) - n:] if keep_end else text[:n]
+            if len(self.tokenizer(piece, add_special_tokens=False)["input_ids"]) >= m + CUT_MARGIN_TOKENS:
+                return piece
+            n *= 2  # very long tokens (whitespace runs, unknown words): take more
+        return text
+
+    def _window(self, x, *, keep_end: bool):
+        """A prompt or response (a string or messages) with every text cut as ``_cut`` does."""
+        if isinstance(x, str):
+            return self._cut(x, keep_end=keep_end)
+        if x is None:
+            return x
+        return [{**msg, "content": self._cut(msg["content"], keep_end=keep_end)} for msg in x]
+
     def _encode(self, prompt, chosen, rejected) -> Encoded:
         fmt = "chat" if any(isinstance(x, list) for x in (prompt, chosen, rejected)) else "text"
+        prompt = self._window(prompt, keep_end=True)
+        chosen, rejected = self._window(chosen, keep_end=False), self._window(rejected, keep_end=False)
         enc = encode_pair(self.tokenizer, fmt, prompt, chosen, chosen if rejected is None else rejected,
                            self._opts, self._eos, self._ws)
         if enc is None:
@@ -347,7 +376,9 @@ def response_columns(scorers: list[Scorer], rewards: list[np.ndarray]) -> dict[s
     """Output columns for single responses; ``rewards[m]`` is model m's (N, K) array.
 
     One model: ``reward`` and ``reward_norm`` (K = 1) or ``reward/<objective>`` (+ ``_norm``).
-    An ensemble (one output each): ``reward@m<i>`` per model, ``reward`` their mean, ``reward_std``.
+    An ensemble (one output each): ``reward@m<i>`` per model, ``reward`` their mean, ``reward_std``
+    (the members' spread), and when every member is calibrated ``reward_norm`` (the mean of the
+    members' normalised rewards) with ``reward_norm@m<i>`` and ``reward_norm_std``.
     """
     if len(scorers) == 1:
         s, r = scorers[0], rewards[0]
@@ -367,6 +398,12 @@ def response_columns(scorers: list[Scorer], rewards: list[np.ndarray]) -> dict[s
     cols = {f"reward@m{i}": stack[i] for i in range(len(scorers))}
     cols["reward"] = stack.mean(0)
     cols["reward_std"] = stack.std(0)
+    norms = [s.normalise(r[:, 0]) for s, r in zip(scorers, rewards)]
+    if all(n is not None for n in norms):
+        nstack = np.stack(norms)
+        cols.update({f"reward_norm@m{i}": nstack[i] for i in range(len(scorers))})
+        cols["reward_norm"] = nstack.mean(0)
+        cols["reward_norm_std"] = nstack.std(0)
     return cols
 
 
@@ -375,7 +412,8 @@ def pair_columns(scorers: list[Scorer], rewards: list[np.ndarray]) -> dict[str, 
 
     One model: ``reward_chosen``, ``reward_rejected`` (+ ``_norm``), ``p_chosen`` (calibrated
     P(chosen > rejected)); per objective ``.../<objective>`` when K > 1. An ensemble: the same per
-    model with ``@m<i>``, then the mean rewards, ``p_chosen`` (mean of the models' probabilities),
+    model with ``@m<i>``, then the mean rewards (and ``_norm``, the mean of the members' normalised
+    rewards, when every member is calibrated), ``p_chosen`` (mean of the models' probabilities),
     ``margin_std`` and ``disagreement`` (share of models preferring the other response than the
     ensemble mean does).
     """
@@ -404,6 +442,10 @@ def pair_columns(scorers: list[Scorer], rewards: list[np.ndarray]) -> dict[str, 
     m = np.stack(margins)
     cols["reward_chosen"] = np.mean([r[:, 0, 0] for r in rewards], axis=0)
     cols["reward_rejected"] = np.mean([r[:, 1, 0] for r in rewards], axis=0)
+    norms = [(s.normalise(r[:, 0, 0]), s.normalise(r[:, 1, 0])) for s, r in zip(scorers, rewards)]
+    if all(nc is not None for nc, _ in norms):
+        cols["reward_chosen_norm"] = np.mean([nc for nc, _ in norms], axis=0)
+        cols["reward_rejected_norm"] = np.mean([nr for _, nr in norms], axis=0)
     cols["p_chosen"] = np.mean(probs, axis=0)
     cols["margin_std"] = m.std(0)
     cols["disagreement"] = (np.sign(m) != np.sign(m.mean(0))[None]).mean(0)
