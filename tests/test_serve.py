@@ -388,8 +388,8 @@ def post_raw(c, path: str, body) -> object:
 BAD_ITEMS = [  # (endpoint, body, field named in the 422)
     ("/v1/score", {"responses": [{"prompt": "p", "response": "\ud800"}]}, "body.responses[0].response"),
     ("/v1/compare", {"pairs": [{"prompt": "a\udfffb", "a": "x", "b": "y"}]}, "body.pairs[0].prompt"),
-    ("/v1/score", {"responses": [{"prompt": "p", "response": [{"role": "assistant", "content": "hi"}]}]},
-     "body.responses[0].response"),  # chat messages, and the model has no chat template
+    ("/v1/score", {"responses": [{"prompt": "p", "response": [{"role": "assistant", "content": 3}]}]},
+     "body.responses[0].response"),  # (messages on a model without a chat template are scored: HH's text rule)
     ("/v1/score", {"responses": [{"prompt": "p", "response": [{"role": "assistant", "content": ""}]}]},
      "body.responses[0].response[0].content"),
     ("/v1/score", {"responses": [{"prompt": "p", "response": [{"role": "user", "content": "hi"}]}]},
