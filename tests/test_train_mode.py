@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from tests.harness import make_tiny_setup, run_distributed
+from tests.harness import make_tiny_setup, run_distributed, tiny_run
 
 
 def overrides(root, dropout: float) -> list[str]:
-    return [f"model.name_or_path={root / 'model'}", f"model.dropout={dropout}", "model.attn_implementation=eager",
-            f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_length=64",
-            "train.global_batch_pairs=4", "train.micro_batching=fixed", "train.pairs_per_micro=4",
-            "train.max_steps=2", "train.lr=1e-3", "deepspeed.config=zero2", f"logging.run_dir={root / 'run'}",
-            "logging.progress=false", "logging.tensorboard=false", "train.export=false"]
+    return tiny_run(root, root / "run", f"model.dropout={dropout}", "model.attn_implementation=eager",
+                    "train.global_batch_pairs=4", "train.micro_batching=fixed", "train.pairs_per_micro=4",
+                    "train.max_steps=2", "train.lr=1e-3", "deepspeed.config=zero2", "logging.progress=false",
+                    "train.export=false")
 
 
 def worker(root) -> dict:
