@@ -6,25 +6,19 @@ Run: ``PYTHONPATH=. python -m pytest tests/test_errors_cli.py -q``
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rm_ds import cli
-from tests.harness import ENV, free_port
+from tests.harness import run_rm_ds
 
 TINY = ["--config", "tiny", "data.eval_path=null", "logging.tensorboard=false", "train.export=false"]
 
 
 def rm_ds(args: list[str], *, ranks: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "rm_ds.cli"] if ranks == 1 else [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "--module", "rm_ds.cli"]
-    return subprocess.run(launcher + args, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **ENV})
+    return run_rm_ds(args, ranks=ranks, timeout=timeout)
 
 
 def one_error_line(proc: subprocess.CompletedProcess, prefix: str) -> str:

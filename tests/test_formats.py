@@ -377,20 +377,11 @@ def _templated_tiny_llama(root: Path) -> str:
 
 
 def _run_train(args: list[str], *, launcher: bool) -> None:
-    import os
-    import subprocess
-    import sys
+    from tests.harness import run_rm_ds
 
-    from tests.harness import ENV, free_port
-
-    cmd = [sys.executable, "-m", "rm_ds.cli"]
-    if launcher:
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "--module", "rm_ds.cli"]
     tiny = ["train", "--config", "tiny", "train.max_steps=2", "train.global_batch_pairs=4", "eval.every_steps=0",
             "train.export=false"]
-    proc = subprocess.run([*cmd, *tiny, *args], env={**os.environ, **ENV}, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = run_rm_ds([*tiny, *args], ranks=2 if launcher else 1)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== rm_ds training finished ==" in proc.stdout
 

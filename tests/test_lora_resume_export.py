@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from rm_ds.train.checkpoint_files import eval_subdir
-from tests.harness import ENV, free_port
+from tests.harness import ENV, run_rm_ds
 
 BASE = ["--config", "tiny", "train.max_steps=6", "train.lr=5e-3", "eval.every_steps=3", "logging.progress=false",
         "data.max_train_pairs=192", "data.max_eval_pairs=41"]
@@ -46,9 +46,7 @@ print(json.dumps(out))
 
 
 def launch(args: list[str], *, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(free_port()), "--module", "rm_ds.cli", "train", *args],
-                          env={**os.environ, **ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return run_rm_ds(["train", *args], ranks=2, env=env, timeout=timeout)
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
@@ -185,9 +183,7 @@ def test_sigkill_and_resume_is_exact(tmp_path):
     # resuming with another world size would change the global batches: refused, clearly
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
-    proc = subprocess.run([sys.executable, "-m", "rm_ds.cli", "train", *common, f"logging.run_dir={other}",
-                           "resume=auto", "train.max_steps=8"], env={**os.environ, **ENV}, capture_output=True,
-                          text=True, timeout=180)
+    proc = run_rm_ds(["train", *common, f"logging.run_dir={other}", "resume=auto", "train.max_steps=8"], timeout=180)
     assert proc.returncode != 0 and "written by 2 ranks and this run has 1" in proc.stderr
 
 

@@ -12,7 +12,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,22 +19,20 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.harness import ENV, WORDS, free_port
+from tests.harness import WORDS, free_port, rm_ds_command, run_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from rm_ds.builtin import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("serve") / "model", seed=3)
+def model(tiny_llama):
+    return tiny_llama(seed=3)
 
 
 def start_server(model: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rm_ds.cli", "serve", "--model", str(model), "--port", str(port),
-                             *extra], env={**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"},
+    proc = subprocess.Popen(rm_ds_command("serve", "--model", str(model), "--port", str(port), *extra),
+                            env=run_env({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
