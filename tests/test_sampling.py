@@ -16,15 +16,15 @@ from rm_ds.proxy.sample import (
     prompt_seed,
     run_sample,
 )
-from tests.harness import make_tiny_setup, rm_ds_command, run_distributed, run_env
+from tests.harness import rm_ds_command, run_distributed, run_env
 
 PARAMS = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=6, n=2)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_setup):
     # the tiny Llama folder is a classifier; loaded as a causal LM its lm_head comes from the seed
-    return make_tiny_setup(tmp_path_factory.mktemp("sample"), n_pairs=11)
+    return tiny_setup("sample", n_pairs=11)
 
 
 def _sample(tiny, out, **kw):
