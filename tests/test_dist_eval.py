@@ -100,7 +100,9 @@ def reference(ovr: list[str], path: str) -> tuple[np.ndarray, np.ndarray, dict]:
 CASES = [(1, "zero2"), (2, "zero2"), (3, "zero2"), (2, "zero3"), (3, "zero3")]
 
 
-@pytest.mark.parametrize("world,stage", CASES, ids=[f"{w}ranks-{s}" for w, s in CASES])
+@pytest.mark.slow
+@pytest.mark.parametrize("world,stage", [pytest.param(w, s, marks=[pytest.mark.cluster] * (w > 1)) for w, s in CASES],
+                         ids=[f"{w}ranks-{s}" for w, s in CASES])
 def test_gathered_metrics_equal_single_process(eval_dir, world, stage):
     ovr = overrides(eval_dir, stage)
     paths = [str(eval_dir / "eval10.jsonl"), str(eval_dir / "eval11.jsonl")]
@@ -118,6 +120,8 @@ def test_gathered_metrics_equal_single_process(eval_dir, world, stage):
             assert got["metrics"][k] == pytest.approx(want[k], rel=1e-6, abs=1e-6), k
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_rm_ds_eval_command_on_two_ranks(eval_dir, tmp_path):
     """``rm-ds eval`` under the deepspeed launcher: table, results file, per-eval artefacts."""
     run_dir = tmp_path / "evalrun"

@@ -22,6 +22,9 @@ from tests.harness import run_distributed
 from tests.reference import ReferenceTrainer, load_reference, parity_run
 
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs 2 or 3 ranks
+
+
 @pytest.fixture(scope="module")
 def setup_dir(tiny_setup):
     return tiny_setup("parity", prompt_words=(1, 25), response_words=(1, 30))

@@ -56,6 +56,8 @@ def test_drop_last_with_too_few_pairs_is_a_config_error(tmp_path: Path) -> None:
     assert "train.drop_last" in line and "train.global_batch_pairs=16" in line and "5 training pairs" in line
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_data_error_on_two_ranks_is_printed_once(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, f"data.train_path={malformed(tmp_path)}", f"logging.run_dir={tmp_path / 'run'}"],
                  ranks=2)

@@ -21,6 +21,9 @@ import pytest
 
 from tests.harness import make_tiny_setup, rm_ds_command, run_env, tiny_run
 
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs 2 ranks
+
 TIMEOUT_S = 8
 
 

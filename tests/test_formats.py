@@ -407,6 +407,8 @@ def test_rm_ds_train_on_text_formats(tmp_path: Path, train: str, eval_: str, ext
     assert len(scores["pair_id"]) == last["n_pairs"]
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_rm_ds_train_on_hh_under_the_deepspeed_launcher(tmp_path: Path) -> None:
     files = _e2e_files(tmp_path)
     run = tmp_path / "run"

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.harness import run_rm_ds
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_two_ranks_train_through_the_deepspeed_launcher(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_rm_ds(["train", "--config", "tiny", f"logging.run_dir={run_dir}", "deepspeed.config=zero3"], ranks=2)

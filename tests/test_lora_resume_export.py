@@ -98,6 +98,8 @@ def assert_export_reproduces_final_eval(run_dir: Path, folder: Path, tmp: Path, 
         assert scores[pid][0] == pytest.approx(c, abs=1e-5) and scores[pid][1] == pytest.approx(r, abs=1e-5), pid
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_lora_trains_head_keeps_base_and_exports(tmp_path, stage):
     from rm_ds.builtin import resolve_model
@@ -127,6 +129,8 @@ def test_lora_trains_head_keeps_base_and_exports(tmp_path, stage):
                                             adapter_base=resolve_model("builtin:tiny-llama"))
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_full_finetune_zero3_export_carries_calibration(tmp_path):
     from transformers import AutoConfig
 
@@ -145,6 +149,8 @@ def test_full_finetune_zero3_export_carries_calibration(tmp_path):
     assert (run_dir / "export" / "best" / "config.json").exists() and best in (3, 6)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_sigkill_and_resume_is_exact(tmp_path):
     """Uninterrupted run vs a run SIGKILLed after step 3 (checkpoint at 2), resumed, SIGKILLed inside
     the save at step 4 (so step 4's checkpoint is incomplete), resumed again: same losses, same weights."""

@@ -79,6 +79,8 @@ def reference_run(ovr: list[str], plan):
     return losses, trainer.weights()
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_two_ranks_equal_a_single_process_reference(setup_dir) -> None:
     from tests.test_dist_parity import assert_states_close
 

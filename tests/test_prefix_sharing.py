@@ -323,6 +323,8 @@ def layout_train_worker(runs: list[list[str]]) -> list[dict]:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_two_rank_zero2_prefix_sharing_matches_unshared(setup_dir):
     """Unshared, shared and shared+packed under ZeRO-2, and shared+packed under ZeRO-3 with activation
     checkpointing, all against the unshared ZeRO-2 run."""

@@ -68,6 +68,8 @@ def _rank_worker(tiny, out):
     return _sample(Path(tiny), out, rank=info.rank, world_size=info.world_size, barrier=dist.barrier)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_two_ranks_write_the_same_file_as_one(tiny, tmp_path):
     _sample(tiny, tmp_path / "one.jsonl")
     res = run_distributed(_rank_worker, world_size=2, args=(str(tiny), str(tmp_path / "two.jsonl")))

@@ -202,6 +202,8 @@ def _score_worker(folder: str, pairs: str, out_dir: str) -> dict:
                show_progress=False)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_score_sharded_over_ranks(runs, tmp_path):
     """3 gloo ranks (uneven shards of 40 rows) and 2 ranks under the deepspeed launcher."""
     root, dirs = runs
@@ -227,6 +229,8 @@ def test_score_sharded_over_ranks(runs, tmp_path):
     np.testing.assert_allclose([g["reward_chosen"] for g in got], [want[i][0] for i in ids], atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI (mpirun) is not installed")
 def test_score_under_mpirun(runs, tmp_path):
     """`rm-ds score --mpi` under real mpirun with 2 ranks: every row once, in order, = one-process scores."""

@@ -34,7 +34,8 @@ EXTRA = ["train.epochs=4", "train.max_steps=48", "train.save_every_steps=6", "ev
 MAX_STEPS = 48
 REQUEUED = 1  # the LoRA row's task id
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the Slurm daemons run as root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the Slurm daemons run as root"),
+              pytest.mark.slow, pytest.mark.cluster]  # a Slurm array of 2-task jobs
 
 
 def _tool(name: str) -> str | None:

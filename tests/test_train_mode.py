@@ -12,6 +12,7 @@ must draw different dropout masks (each rank its own stream).
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.harness import make_tiny_setup, run_distributed, tiny_run
@@ -46,6 +47,8 @@ def worker(root) -> dict:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_dropout_active_in_training_steps_only(tmp_path):
     root = make_tiny_setup(tmp_path, n_pairs=8)
     ranks = run_distributed(worker, world_size=2, args=(root,))
@@ -95,6 +98,7 @@ def bf16_mixed_worker(root) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_bf16_mixed_trains_under_autocast_and_scores_in_fp32(tmp_path):
     """``model.dtype=bf16-mixed``: the weights stay fp32, a training forward's matmuls run in bf16 and the
     step moves the weights (clipped, its norm kept); scoring (eval, export) is the plain fp32 forward."""
