@@ -386,6 +386,7 @@ def _run_train(args: list[str], *, launcher: bool) -> None:
     assert "== rm_ds training finished ==" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("train", "eval_", "extra"), [
     ("shp", "ultrafeedback", ["data.pairing=all_pairs", "data.ties=train"]),
     ("helpsteer", "scored", ["data.strength=margin"]),
