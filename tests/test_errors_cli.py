@@ -35,12 +35,14 @@ def malformed(tmp_path: Path) -> Path:
     return f
 
 
+@pytest.mark.slow
 def test_config_error_exits_2_with_one_line(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, "train.lr=-1", f"logging.run_dir={tmp_path}"])
     assert proc.returncode == cli.EXIT_CONFIG_ERROR == 2
     assert one_error_line(proc, "config error") == "rm-ds: config error: train.lr: must be > 0"
 
 
+@pytest.mark.slow
 def test_data_error_exits_3_with_one_line(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, f"data.train_path={malformed(tmp_path)}", f"logging.run_dir={tmp_path / 'run'}"])
     assert proc.returncode == cli.EXIT_DATA_ERROR == 3
@@ -48,6 +50,7 @@ def test_data_error_exits_3_with_one_line(tmp_path: Path) -> None:
     assert line == f"rm-ds: data error: {tmp_path / 'malformed.jsonl'} line 2: field 'rejected': missing"
 
 
+@pytest.mark.slow
 def test_drop_last_with_too_few_pairs_is_a_config_error(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, "train.drop_last=true", "data.max_train_pairs=5", "train.global_batch_pairs=16",
                   f"logging.run_dir={tmp_path}"])
@@ -65,6 +68,7 @@ def test_data_error_on_two_ranks_is_printed_once(tmp_path: Path) -> None:
     assert one_error_line(proc, "rm-ds: data error").endswith("line 2: field 'rejected': missing")
 
 
+@pytest.mark.slow
 def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
     import rm_ds.train.recipe
 

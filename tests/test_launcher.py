@@ -36,6 +36,7 @@ def test_two_ranks_train_through_the_deepspeed_launcher(tmp_path):
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_bad_config_fails_fast_with_the_key():
     proc = run_rm_ds(["train", "--config", "tiny", "train.lr=fast"], timeout=60)
     assert proc.returncode != 0

@@ -9,10 +9,13 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from rm_ds.train.faults import diagnose, step_is_finite
 from tests.harness import make_tiny_setup, run_rm_ds, tiny_run
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_before_saving_the_bad_step(tmp_path: Path) -> None:
     """lr 1e30: step 1 is finite (its checkpoint is the last good one), step 2 overflows."""
     make_tiny_setup(tmp_path, n_pairs=32)
