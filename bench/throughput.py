@@ -17,10 +17,11 @@ same lr, betas, eps, no weight decay, constant schedule, grad-norm clip 1.0, no 
 checkpointing, threads, 16 pairs per step, warm-up steps, and the timed pairs (one epoch over the
 same pairs; TRL: the same number of steps in random batches, as it samples). rm_ds variants use the
 product's sampler, collate, reward (``rm_ds.model.rewards``) and loss code; the step around them is
-``--engine torch`` (default): plain torch AdamW + clip_grad_norm_ in one process, the machinery
-TRL's Trainer uses, so the comparison isolates the batch layout; or ``--engine deepspeed``: the
-product's ``rm_ds.train.engine.train_step`` on a single-process DeepSpeed ZeRO-0 engine (about 10% slower
-per step at world size 1: DeepSpeed still flattens and "all-reduces" the gradients). Each (variant,
+``--engine torch`` (default): plain torch AdamW + clip_grad_norm_ in one process (the tests' reference
+trainer, tests/reference.py), the machinery TRL's Trainer uses, so the comparison isolates the batch
+layout; or ``--engine deepspeed``: the product's ``rm_ds.train.engine.train_step`` on a single-process
+DeepSpeed ZeRO-0 engine (about 10% slower per step at world size 1: DeepSpeed still flattens and
+"all-reduces" the gradients). Each (variant,
 round) is a fresh subprocess (peak RSS is per variant); rounds interleave the variants (a b c d e
 a b c d e ...); a run during which other processes took more than ``--quiet`` of the CPU is redone.
 The table reports medians over rounds, and ratios as medians of same-round ratios. Timing includes
@@ -181,23 +182,21 @@ def run_rm_ds(spec: dict) -> dict:
         def step(batches: list[dict]) -> int:
             return train_step(engine, batches, loss_fn=loss_fn, world_size=info.world_size).n_pairs
     else:  # plain torch around the same rewards/loss code: what TRL's Trainer does around its model
-        import torch
-
-        from rm_ds.train.loss import bt_loss
         from rm_ds.model import rewards
+        from rm_ds.train.loss import bt_loss
+        from tests.reference import ReferenceTrainer  # the tests' single-process reference (constant lr here)
 
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps, weight_decay=0.0)
+        trainer = ReferenceTrainer(model, t, total_steps=steps)
+
+        def share(b: dict, n: int):
+            chosen, rejected = rewards(model, b)
+            per_pair = bt_loss(chosen, rejected, margin=b["margin"], weight=b["weight"])
+            return (per_pair * b["pair_mask"]).sum() / n
 
         def step(batches: list[dict]) -> int:
             n = sum(b["n_pairs"] for b in batches)
-            for b in batches:
-                chosen, rejected = rewards(model, b)
-                per_pair = bt_loss(chosen, rejected, margin=b["margin"], weight=b["weight"])
-                ((per_pair * b["pair_mask"]).sum() / n).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            trainer.step(batches, lambda b: share(b, n))
             return n
 
     def run(step_plan) -> tuple[int, int, int, int]:

@@ -1,7 +1,9 @@
-"""Run a function in N real processes over gloo, like DeepSpeed's ``DistributedTest``.
+"""What the tests share: N-rank runs in process, the rm_ds command line, one tiny-run override list.
 
     results = run_distributed(worker, world_size=2, args=(...))   # one result per rank, rank order
+    proc = run_rm_ds(["train", *tiny_run(root, run_dir)], ranks=2)  # the real deepspeed launcher
 
+``run_distributed``: like DeepSpeed's ``DistributedTest``.
 Each rank is a fresh spawned interpreter with the launcher's environment (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR/PORT), one thread, DeepSpeed on its CPU accelerator. It joins the process
 group through ``rm_ds.cluster.dist.init`` (the product's own path), runs ``worker(*args)``, sends back its
@@ -14,6 +16,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -97,6 +101,38 @@ def run_distributed(worker, *, world_size: int, args: tuple = (), timeout: float
         codes = [p.exitcode for p in procs]
         assert codes == [0] * world_size, f"ranks exited with {codes}"
         return [results[r] for r in range(world_size)]
+
+
+def rm_ds_command(*args: str, ranks: int = 1) -> list[str]:
+    """``python -m rm_ds.cli ARGS``; with ``ranks`` > 1, under the real deepspeed launcher on this host
+    (``ranks`` CPU processes, a free port): what a user types as ``deepspeed --num_gpus N --module rm_ds.cli``."""
+    if ranks == 1:
+        return [sys.executable, "-m", "rm_ds.cli", *args]
+    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), "--module", "rm_ds.cli", *args]
+
+
+def run_env(extra: dict | None = None) -> dict:
+    """This process's environment with the CPU run-time environment (``ENV``) and ``extra`` on top."""
+    return {**os.environ, **ENV, **(extra or {})}
+
+
+def run_rm_ds(args: list[str], *, ranks: int = 1, env: dict | None = None, timeout: float = 300,
+              **kw) -> subprocess.CompletedProcess:
+    """Run ``rm_ds_command(*args, ranks=ranks)`` to the end (output captured as text, no check); ``env``:
+    variables on top of ``run_env()``; ``kw`` goes to ``subprocess.run`` (``cwd`` ...)."""
+    return subprocess.run(rm_ds_command(*args, ranks=ranks), env=run_env(env), capture_output=True, text=True,
+                          timeout=timeout, check=False, **kw)
+
+
+def tiny_run(root, run_dir, *extra: str) -> list[str]:
+    """The overrides of a tiny run on a ``make_tiny_setup`` folder: its model and pairs (no eval set),
+    pairs capped at 64 tokens, no TensorBoard, the run in ``run_dir``; ``extra`` after them."""
+    from pathlib import Path
+
+    root = Path(root)
+    return [f"model.name_or_path={root / 'model'}", f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null",
+            "data.max_length=64", f"logging.run_dir={run_dir}", "logging.tensorboard=false", *extra]
 
 
 WORDS = ("the a dog cat runs quickly under over blue green small large animal plant river stone house "

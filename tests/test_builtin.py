@@ -69,6 +69,7 @@ def test_cli_rejects_unknown_name(capsys):
 # minilm
 
 
+@pytest.mark.slow
 def test_minilm_resolves_to_packaged_folder():
     folder = Path(resolve_model("builtin:minilm"))
     assert (folder / "tokenizer.json").is_file()
@@ -321,6 +322,7 @@ def test_smollm2_loads_without_missing_or_unexpected_keys(smollm2_dir):
     assert not hasattr(rm.config, "quantization_config")
 
 
+@pytest.mark.slow
 @needs_smollm2
 def test_smollm2_logits_match_gguf_model(smollm2_dir, smollm2_gguf_model):
     tok = AutoTokenizer.from_pretrained(smollm2_dir)

@@ -64,6 +64,8 @@ def two_loopback_hosts(tmp_path) -> tuple[Path, Path]:
     return hostfile, agent
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_two_nodes_through_train_node_sh(tmp_path):
     run_dir = tmp_path / "run"
     port = str(free_port())
@@ -86,6 +88,8 @@ def test_two_nodes_through_train_node_sh(tmp_path):
     _check_trained(run_dir)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @needs_mpirun
 def test_two_nodes_through_mpirun(tmp_path, two_loopback_hosts):
     hostfile, agent = two_loopback_hosts
@@ -103,6 +107,8 @@ def test_two_nodes_through_mpirun(tmp_path, two_loopback_hosts):
     _check_trained(run_dir)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @needs_mpirun
 def test_two_nodes_through_train_multinode_sh_with_openmpi(tmp_path, two_loopback_hosts):
     hostfile, agent = two_loopback_hosts
@@ -123,6 +129,8 @@ MPI_ENV_PROBE = ("import sys; from rm_ds.cluster.dist import _mpi_env; e = _mpi_
                  "sys.stdout.write(f\"PROBE {e['RANK']} {e['LOCAL_RANK']} {e['MASTER_ADDR']} END\\n\")")
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @needs_mpirun
 @pytest.mark.parametrize("hosts", ["one", "two"])
 def test_mpi_discovery_picks_loopback_on_one_node_and_the_first_host_on_two(hosts, two_loopback_hosts):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -193,6 +194,7 @@ def expected(lines: list[Line], stem: str) -> tuple[list[tuple[int, str]], list[
     return bad, kept
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(jsonl_file())
 def test_every_line_loads_or_is_a_located_data_error(tmp_path_factory, case) -> None:

@@ -11,17 +11,14 @@ equal a plain single-process PyTorch scoring of each pair alone, to 1e-6.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from rm_ds.train.checkpoint_files import eval_subdir
-from tests.harness import ENV, free_port, run_distributed
+from tests.harness import run_distributed, run_rm_ds
 
 WORDS = "alpha beta gamma delta river stone light dark small large runs sleeps over under bird".split()
 
@@ -103,7 +100,9 @@ def reference(ovr: list[str], path: str) -> tuple[np.ndarray, np.ndarray, dict]:
 CASES = [(1, "zero2"), (2, "zero2"), (3, "zero2"), (2, "zero3"), (3, "zero3")]
 
 
-@pytest.mark.parametrize("world,stage", CASES, ids=[f"{w}ranks-{s}" for w, s in CASES])
+@pytest.mark.slow
+@pytest.mark.parametrize("world,stage", [pytest.param(w, s, marks=[pytest.mark.cluster] * (w > 1)) for w, s in CASES],
+                         ids=[f"{w}ranks-{s}" for w, s in CASES])
 def test_gathered_metrics_equal_single_process(eval_dir, world, stage):
     ovr = overrides(eval_dir, stage)
     paths = [str(eval_dir / "eval10.jsonl"), str(eval_dir / "eval11.jsonl")]
@@ -121,14 +120,13 @@ def test_gathered_metrics_equal_single_process(eval_dir, world, stage):
             assert got["metrics"][k] == pytest.approx(want[k], rel=1e-6, abs=1e-6), k
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_rm_ds_eval_command_on_two_ranks(eval_dir, tmp_path):
     """``rm-ds eval`` under the deepspeed launcher: table, results file, per-eval artefacts."""
     run_dir = tmp_path / "evalrun"
     ovr = [o for o in overrides(eval_dir, "zero3") if not o.startswith(("logging.", "eval.save_scores"))]
-    proc = subprocess.run(
-        [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), "--module", "rm_ds.cli", "eval", *ovr, f"logging.run_dir={run_dir}"],
-        env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+    proc = run_rm_ds(["eval", *ovr, f"logging.run_dir={run_dir}"], ranks=2)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "== rm_ds eval ==" in proc.stdout and "ece_calibrated" in proc.stdout
     res = json.loads((run_dir / "eval_results.json").read_text())

@@ -35,6 +35,8 @@ def reduce_worker() -> list[torch.Tensor]:
     return ts
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.parametrize("world", [2, 3])
 def test_sum_over_ranks_in_place(world):
     results = run_distributed(reduce_worker, world_size=world)
@@ -88,6 +90,8 @@ def sparse_worker(dense_share: float) -> tuple[list[torch.Tensor], int]:
     return ts, sum(sent)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.parametrize("world,dense_share", [(2, 0.01), (3, 0.01), (2, 0.8)])
 def test_row_sparse_tables_reduced_exactly_by_their_rows(world, dense_share):
     results = run_distributed(sparse_worker, world_size=world, args=(dense_share,))

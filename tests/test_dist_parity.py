@@ -18,22 +18,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.harness import make_tiny_setup, run_distributed
+from tests.harness import run_distributed
+from tests.reference import ReferenceTrainer, load_reference, parity_run
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs 2 or 3 ranks
 
 
 @pytest.fixture(scope="module")
-def setup_dir(tmp_path_factory):
-    return make_tiny_setup(tmp_path_factory.mktemp("parity"), prompt_words=(1, 25), response_words=(1, 30))
+def setup_dir(tiny_setup):
+    return tiny_setup("parity", prompt_words=(1, 25), response_words=(1, 30))
 
 
 def overrides(root, *, stage: str, steps: int = 4, extra: tuple = ()) -> list[str]:
-    return [f"model.name_or_path={root / 'model'}", "model.dropout=0.0",
-            f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_length=64",
-            "train.global_batch_pairs=11", "train.micro_batching=token_budget", "train.token_budget=96",
-            f"train.max_steps={steps}", "train.lr=2e-3", "train.lr_scheduler=linear", "train.warmup_ratio=0.25",
-            "train.max_grad_norm=1.0", "train.seed=3", f"deepspeed.config={stage}",
-            f"logging.run_dir={root / ('run_' + stage)}", "logging.progress=false", "logging.tensorboard=false",
-            *extra]
+    return parity_run(root, root / ("run_" + stage), f"deepspeed.config={stage}", *extra, steps=steps)
 
 
 def train_worker(ovr: list[str]) -> dict:
@@ -53,54 +51,34 @@ def train_worker(ovr: list[str]) -> dict:
 
 
 def reference_run(ovr: list[str], plan, *, naive: bool = False):
-    """Plain PyTorch, one process: AdamW on the mean loss over each global batch's pairs.
+    """Plain PyTorch, one process (tests/reference.py): AdamW on the mean loss over each global batch's pairs.
 
     ``naive=True`` instead weights like DeepSpeed's default: each micro-batch's mean loss, divided by
     the accumulation count, averaged over ranks (pairs in small micro-batches count more).
     """
     from rm_ds.data.collate import collate_pairs
-    from rm_ds.config import load_config
     from rm_ds.data.dataset import rows_at
-    from rm_ds.train.engine import transformers as _tf  # same transformers the engine uses
-    from rm_ds.train.loss import bt_loss
-    from rm_ds.model import build_reward_model, load_tokenizer, pad_token_for
     from rm_ds.data.tokenize import eos_id
-    from tests.harness import load_split
+    from rm_ds.train.loss import bt_loss
 
-    cfg = load_config(None, ovr)
-    torch.manual_seed(cfg.train.seed)
-    tok = load_tokenizer(cfg.model.name_or_path)
-    pad = pad_token_for(tok, cfg.model)
-    ds, _ = load_split(cfg, tok, cfg.data.train_path, split="train", max_pairs=None)
-    model = build_reward_model(cfg.model, pad_token_id=pad)
-    t = cfg.train
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps,
-                            weight_decay=t.weight_decay)
-    sched = _tf.get_scheduler(t.lr_scheduler, opt, num_warmup_steps=int(-(-t.warmup_ratio * t.max_steps // 1)),
-                              num_training_steps=t.max_steps)
+    ref = load_reference(ovr)
+    model, cfg, trainer = ref.model, ref.cfg, ReferenceTrainer(ref.model, ref.cfg.train)
 
     def per_pair(idx):
-        b = collate_pairs(rows_at(ds, idx), pad_id=pad, eos_id=eos_id(tok))
+        b = collate_pairs(rows_at(ref.ds, idx), pad_id=ref.pad, eos_id=eos_id(ref.tok))
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.squeeze(-1)
         n = len(idx)
         return bt_loss(out[:n], out[n:], beta=cfg.loss.beta)
 
     losses = []
-    for step_plan in plan[: t.max_steps]:
+    for step_plan in plan[: cfg.train.max_steps]:
         micro = [mb for rank in step_plan for mb in rank if mb]
         n_pairs = sum(len(mb) for mb in micro)
         world, n_micro = len(step_plan), len(step_plan[0])
-        total = 0.0
-        for mb in micro:  # forward in the run's micro-batches: same arithmetic grouping, plain mean
-            loss = per_pair(mb).mean() / n_micro / world if naive else per_pair(mb).sum() / n_pairs
-            loss.backward()
-            total += float(loss.detach())
-        losses.append(total)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+        # forward in the run's micro-batches: same arithmetic grouping, plain mean
+        losses.append(trainer.step(micro, lambda mb: per_pair(mb).mean() / n_micro / world if naive
+                                   else per_pair(mb).sum() / n_pairs))
+    return losses, trainer.weights()
 
 
 def assert_states_close(got: dict, want: dict, *, rtol: float) -> None:

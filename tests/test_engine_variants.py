@@ -11,6 +11,9 @@ import pytest
 from tests.harness import run_distributed
 
 
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs 2 ranks
+
+
 def run_worker(ovr: list[str]) -> dict:
     from rm_ds.config import load_config
     from rm_ds.train.recipe import run

@@ -6,26 +6,20 @@ Run: ``PYTHONPATH=. python -m pytest tests/test_errors_cli.py -q``
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rm_ds.cli import main
 from rm_ds.errors import ConfigError, DataError
-from tests.harness import ENV, free_port
+from tests.harness import run_rm_ds
 
 TINY = ["--config", "tiny", "data.eval_path=null", "logging.tensorboard=false", "train.export=false"]
 
 
 def rm_ds(args: list[str], *, ranks: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "rm_ds.cli"] if ranks == 1 else [
-        sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "--module", "rm_ds.cli"]
-    return subprocess.run(launcher + args, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **ENV})
+    return run_rm_ds(args, ranks=ranks, timeout=timeout)
 
 
 def one_error_line(proc: subprocess.CompletedProcess, prefix: str) -> str:
@@ -42,12 +36,14 @@ def malformed(tmp_path: Path) -> Path:
     return f
 
 
+@pytest.mark.slow
 def test_config_error_exits_2_with_one_line(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, "train.lr=-1", f"logging.run_dir={tmp_path}"])
     assert proc.returncode == ConfigError.exit_code == 2
     assert one_error_line(proc, "config error") == "rm-ds: config error: train.lr: must be > 0"
 
 
+@pytest.mark.slow
 def test_data_error_exits_3_with_one_line(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, f"data.train_path={malformed(tmp_path)}", f"logging.run_dir={tmp_path / 'run'}"])
     assert proc.returncode == DataError.exit_code == 3
@@ -55,6 +51,7 @@ def test_data_error_exits_3_with_one_line(tmp_path: Path) -> None:
     assert line == f"rm-ds: data error: {tmp_path / 'malformed.jsonl'} line 2: field 'rejected': missing"
 
 
+@pytest.mark.slow
 def test_drop_last_with_too_few_pairs_is_a_config_error(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, "train.drop_last=true", "data.max_train_pairs=5", "train.global_batch_pairs=16",
                   f"logging.run_dir={tmp_path}"])
@@ -63,6 +60,8 @@ def test_drop_last_with_too_few_pairs_is_a_config_error(tmp_path: Path) -> None:
     assert "train.drop_last" in line and "train.global_batch_pairs=16" in line and "5 training pairs" in line
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_data_error_on_two_ranks_is_printed_once(tmp_path: Path) -> None:
     proc = rm_ds(["train", *TINY, f"data.train_path={malformed(tmp_path)}", f"logging.run_dir={tmp_path / 'run'}"],
                  ranks=2)
@@ -70,6 +69,7 @@ def test_data_error_on_two_ranks_is_printed_once(tmp_path: Path) -> None:
     assert one_error_line(proc, "rm-ds: data error").endswith("line 2: field 'rejected': missing")
 
 
+@pytest.mark.slow
 def test_a_bug_keeps_its_traceback(monkeypatch) -> None:
     import rm_ds.train.recipe
 

@@ -13,31 +13,30 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.harness import ENV, free_port, make_tiny_setup
+from tests.harness import make_tiny_setup, rm_ds_command, run_env, tiny_run
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]  # every test here runs 2 ranks
 
 TIMEOUT_S = 8
 
 
 def overrides(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["--config", "tiny", f"model.name_or_path={root / 'model'}", f"data.train_path={root / 'pairs.jsonl'}",
-            "data.eval_path=null", "data.max_length=64", "train.global_batch_pairs=8", "train.max_steps=30",
-            "train.epochs=50", "train.save_every_steps=5", "train.keep_checkpoints=20", "train.export=false",
-            "deepspeed.config=zero2", "model.dropout=0.0", f"dist.timeout_s={TIMEOUT_S}", "logging.tensorboard=false",
-            "logging.progress=false", f"logging.run_dir={run_dir}", *extra]
+    return ["--config", "tiny", *tiny_run(root, run_dir, "train.global_batch_pairs=8", "train.max_steps=30",
+                                          "train.epochs=50", "train.save_every_steps=5", "train.keep_checkpoints=20",
+                                          "train.export=false", "deepspeed.config=zero2", "model.dropout=0.0",
+                                          f"dist.timeout_s={TIMEOUT_S}", "logging.progress=false", *extra)]
 
 
 def launch(args: list[str], log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "--module", "rm_ds.cli", "train", *args]
-    return subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(rm_ds_command("train", *args, ranks=2), env=run_env(), stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:

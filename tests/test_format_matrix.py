@@ -300,6 +300,7 @@ def hh_runs(tmp_path_factory, files):
     return dirs, logs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", TOKENIZERS)
 def test_hh_trains_evaluates_exports_and_scores_as_trained(hh_runs, files, kind, tmp_path):
     from fastapi.testclient import TestClient

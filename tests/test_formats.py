@@ -378,24 +378,16 @@ def _templated_tiny_llama(root: Path) -> str:
 
 
 def _run_train(args: list[str], *, launcher: bool) -> None:
-    import os
-    import subprocess
-    import sys
+    from tests.harness import run_rm_ds
 
-    from tests.harness import ENV, free_port
-
-    cmd = [sys.executable, "-m", "rm_ds.cli"]
-    if launcher:
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "--module", "rm_ds.cli"]
     tiny = ["train", "--config", "tiny", "train.max_steps=2", "train.global_batch_pairs=4", "eval.every_steps=0",
             "train.export=false"]
-    proc = subprocess.run([*cmd, *tiny, *args], env={**os.environ, **ENV}, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = run_rm_ds([*tiny, *args], ranks=2 if launcher else 1)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== rm_ds training finished ==" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("train", "eval_", "extra"), [
     ("shp", "ultrafeedback", ["data.pairing=all_pairs", "data.ties=train"]),
     ("helpsteer", "scored", ["data.strength=margin"]),
@@ -417,6 +409,8 @@ def test_rm_ds_train_on_text_formats(tmp_path: Path, train: str, eval_: str, ext
     assert len(scores["pair_id"]) == last["n_pairs"]
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_rm_ds_train_on_hh_under_the_deepspeed_launcher(tmp_path: Path) -> None:
     files = _e2e_files(tmp_path)
     run = tmp_path / "run"

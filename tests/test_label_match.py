@@ -176,6 +176,7 @@ def test_diagnosis_names_the_figure():
     assert spread_ratios(np.array([4.0, 5, 6]), np.array([3.0, 16, 29]))["spread_std"] == pytest.approx(1 / 13)
 
 
+@pytest.mark.slow
 def test_run_match_writes_figures_plot_and_diagnosis(tmp_path):
     rows = _samples(n_prompts=12, n=2)
     label(str(_write(tmp_path / "s.jsonl", rows)), text_score, out_scored=str(tmp_path / "l.jsonl"), out_pairs=None)
@@ -192,6 +193,7 @@ def test_run_match_writes_figures_plot_and_diagnosis(tmp_path):
     assert list((tmp_path / "m" / "tb").iterdir())
 
 
+@pytest.mark.slow
 def test_label_with_the_real_scorer_keeps_rewards_with_their_responses(tmp_path):
     """Through rm_ds.serve.scorer (contract 3) on a tiny RM: reversed response order gives each text the same reward."""
     from rm_ds.serve.scorer import load_scorer

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from tests.harness import ENV, free_port
+import pytest
 
-
-def launch(args: list[str], *, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **ENV}
-    return subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2",
-                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                           "--module", "rm_ds.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
+from tests.harness import run_rm_ds
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_two_ranks_train_through_the_deepspeed_launcher(tmp_path):
     run_dir = tmp_path / "run"
-    proc = launch(["train", "--config", "tiny", f"logging.run_dir={run_dir}", "deepspeed.config=zero3"])
+    proc = run_rm_ds(["train", "--config", "tiny", f"logging.run_dir={run_dir}", "deepspeed.config=zero3"], ranks=2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== rm_ds training finished ==" in proc.stdout
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -42,8 +36,8 @@ def test_two_ranks_train_through_the_deepspeed_launcher(tmp_path):
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_bad_config_fails_fast_with_the_key():
-    proc = subprocess.run([sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny", "train.lr=fast"],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, **ENV})
+    proc = run_rm_ds(["train", "--config", "tiny", "train.lr=fast"], timeout=60)
     assert proc.returncode != 0
     assert "train.lr: expected a number" in proc.stderr

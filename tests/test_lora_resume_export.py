@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from rm_ds.train.checkpoint_files import eval_subdir
-from tests.harness import ENV, free_port
+from tests.harness import ENV, run_rm_ds
 
 BASE = ["--config", "tiny", "train.max_steps=6", "train.lr=5e-3", "eval.every_steps=3", "logging.progress=false",
         "data.max_train_pairs=192", "data.max_eval_pairs=41"]
@@ -46,9 +46,7 @@ print(json.dumps(out))
 
 
 def launch(args: list[str], *, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(free_port()), "--module", "rm_ds.cli", "train", *args],
-                          env={**os.environ, **ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return run_rm_ds(["train", *args], ranks=2, env=env, timeout=timeout)
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
@@ -100,6 +98,8 @@ def assert_export_reproduces_final_eval(run_dir: Path, folder: Path, tmp: Path, 
         assert scores[pid][0] == pytest.approx(c, abs=1e-5) and scores[pid][1] == pytest.approx(r, abs=1e-5), pid
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_lora_trains_head_keeps_base_and_exports(tmp_path, stage):
     from rm_ds.builtin import resolve_model
@@ -129,6 +129,8 @@ def test_lora_trains_head_keeps_base_and_exports(tmp_path, stage):
                                             adapter_base=resolve_model("builtin:tiny-llama"))
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_full_finetune_zero3_export_carries_calibration(tmp_path):
     from transformers import AutoConfig
 
@@ -147,6 +149,8 @@ def test_full_finetune_zero3_export_carries_calibration(tmp_path):
     assert (run_dir / "export" / "best" / "config.json").exists() and best in (3, 6)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_sigkill_and_resume_is_exact(tmp_path):
     """Uninterrupted run vs a run SIGKILLed after step 3 (checkpoint at 2), resumed, SIGKILLed inside
     the save at step 4 (so step 4's checkpoint is incomplete), resumed again: same losses, same weights."""
@@ -185,9 +189,7 @@ def test_sigkill_and_resume_is_exact(tmp_path):
     # resuming with another world size would change the global batches: refused, clearly
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
-    proc = subprocess.run([sys.executable, "-m", "rm_ds.cli", "train", *common, f"logging.run_dir={other}",
-                           "resume=auto", "train.max_steps=8"], env={**os.environ, **ENV}, capture_output=True,
-                          text=True, timeout=180)
+    proc = run_rm_ds(["train", *common, f"logging.run_dir={other}", "resume=auto", "train.max_steps=8"], timeout=180)
     assert proc.returncode != 0 and "written by 2 ranks and this run has 1" in proc.stderr
 
 

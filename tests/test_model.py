@@ -12,10 +12,8 @@ from rm_ds.model import build_reward_model, load_tokenizer, pools_last_token, re
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rm_ds.builtin import build_tiny_llama
-
-    return str(build_tiny_llama(tmp_path_factory.mktemp("m") / "tiny", seed=1))
+def tiny(tiny_llama):
+    return str(tiny_llama(seed=1))
 
 
 ROWS = [dict(prompt_ids=[101, 2054, 2003], chosen_ids=[1037, 3899, 102], rejected_ids=[1037, 102]),

@@ -7,25 +7,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
+
 from rm_ds.train.faults import diagnose, step_is_finite
-from tests.harness import ENV, make_tiny_setup
+from tests.harness import make_tiny_setup, run_rm_ds, tiny_run
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_before_saving_the_bad_step(tmp_path: Path) -> None:
     """lr 1e30: step 1 is finite (its checkpoint is the last good one), step 2 overflows."""
     make_tiny_setup(tmp_path, n_pairs=32)
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny",
-                           f"model.name_or_path={tmp_path / 'model'}", f"data.train_path={tmp_path / 'pairs.jsonl'}",
-                           "data.eval_path=null", "data.max_length=64", "train.global_batch_pairs=8",
-                           "train.max_steps=4", "train.lr=1e30", "train.warmup_ratio=0", "train.save_every_steps=1",
-                           "deepspeed.config=zero0", f"logging.run_dir={run_dir}", "logging.tensorboard=false"],
-                          capture_output=True, text=True, timeout=180, env={**os.environ, **ENV})
+    proc = run_rm_ds(["train", "--config", "tiny", *tiny_run(tmp_path, run_dir, "train.global_batch_pairs=8",
+                                                              "train.max_steps=4", "train.lr=1e30",
+                                                              "train.warmup_ratio=0", "train.save_every_steps=1",
+                                                              "deepspeed.config=zero0")], timeout=180)
     assert proc.returncode == 5, proc.stderr[-3000:]
     lines = [x for x in proc.stderr.splitlines() if "non-finite" in x]
     assert len(lines) == 1 and "Traceback" not in proc.stderr

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.harness import make_tiny_setup, run_distributed
+from tests.harness import run_distributed, run_rm_ds
+from tests.reference import ReferenceTrainer, load_reference, parity_run
 
 OBJECTIVES = ("helpful", "harmless")
 
 
 @pytest.fixture(scope="module")
-def setup_dir(tmp_path_factory):
-    root = make_tiny_setup(tmp_path_factory.mktemp("objectives"), prompt_words=(1, 20), response_words=(1, 25))
+def setup_dir(tiny_setup):
+    root = tiny_setup("objectives", prompt_words=(1, 20), response_words=(1, 25))
     rng = random.Random(5)
     rows = [json.loads(x) for x in (root / "pairs.jsonl").read_text().splitlines()]
     for i, r in enumerate(rows):  # labelled for both, helpful only or harmless only; soft and tied labels too
@@ -36,12 +37,8 @@ def setup_dir(tmp_path_factory):
 
 
 def overrides(root, *, steps: int = 3) -> list[str]:
-    return [f"model.name_or_path={root / 'model'}", "model.dropout=0.0", f"model.objectives=[{','.join(OBJECTIVES)}]",
-            f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_length=64",
-            "train.global_batch_pairs=11", "train.micro_batching=token_budget", "train.token_budget=96",
-            f"train.max_steps={steps}", "train.lr=2e-3", "train.lr_scheduler=linear", "train.warmup_ratio=0.25",
-            "train.max_grad_norm=1.0", "train.seed=3", "deepspeed.config=zero2",
-            f"logging.run_dir={root / 'run_objectives'}", "logging.progress=false", "logging.tensorboard=false"]
+    return parity_run(root, root / "run_objectives", f"model.objectives=[{','.join(OBJECTIVES)}]",
+                      "deepspeed.config=zero2", steps=steps)
 
 
 def train_worker(ovr: list[str]) -> dict:
@@ -59,48 +56,31 @@ def train_worker(ovr: list[str]) -> dict:
 
 
 def reference_run(ovr: list[str], plan):
-    """Plain PyTorch, one process: per step, the sum of labelled entries' losses / their count."""
-    from rm_ds.data.dataset import rows_at
-
+    """Plain PyTorch, one process (tests/reference.py): per step, the sum of labelled entries' losses / their count."""
     from rm_ds.data.collate import collate_pairs
-    from rm_ds.config import load_config
-    from rm_ds.train.engine import transformers as _tf
-    from rm_ds.train.loss import multi_objective_loss
-    from rm_ds.model import build_reward_model, load_tokenizer, pad_token_for
+    from rm_ds.data.dataset import rows_at
     from rm_ds.data.tokenize import eos_id
-    from tests.harness import load_split
+    from rm_ds.train.loss import multi_objective_loss
 
-    cfg = load_config(None, ovr)
-    torch.manual_seed(cfg.train.seed)
-    tok = load_tokenizer(cfg.model.name_or_path)
-    pad = pad_token_for(tok, cfg.model)
-    ds, _ = load_split(cfg, tok, cfg.data.train_path, split="train", max_pairs=None)
-    model = build_reward_model(cfg.model, pad_token_id=pad)
-    t = cfg.train
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps,
-                            weight_decay=t.weight_decay)
-    sched = _tf.get_scheduler(t.lr_scheduler, opt, num_warmup_steps=math.ceil(t.warmup_ratio * t.max_steps),
-                              num_training_steps=t.max_steps)
+    ref = load_reference(ovr)
+    model, trainer = ref.model, ReferenceTrainer(ref.model, ref.cfg.train)
+
+    def share(b, n_terms):
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        n = b["n_pairs"]
+        return multi_objective_loss(out[:n], out[n:], prefs=b["prefs"], labelled=b["labelled"]).sum() / n_terms
+
     losses = []
-    for step_plan in plan[: t.max_steps]:
-        batches = [collate_pairs(rows_at(ds, mb), pad_id=pad, eos_id=eos_id(tok))
+    for step_plan in plan[: ref.cfg.train.max_steps]:
+        batches = [collate_pairs(rows_at(ref.ds, mb), pad_id=ref.pad, eos_id=eos_id(ref.tok))
                    for rank in step_plan for mb in rank if mb]
         n_terms = sum(b["n_terms"] for b in batches)
-        total = 0.0
-        for b in batches:
-            out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            n = b["n_pairs"]
-            loss = multi_objective_loss(out[:n], out[n:], prefs=b["prefs"], labelled=b["labelled"]).sum() / n_terms
-            loss.backward()
-            total += float(loss.detach())
-        losses.append(total)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    return losses, {n: p.detach().clone() for n, p in model.named_parameters()}
+        losses.append(trainer.step(batches, lambda b: share(b, n_terms)))
+    return losses, trainer.weights()
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_two_ranks_equal_a_single_process_reference(setup_dir) -> None:
     from tests.test_dist_parity import assert_states_close
 
@@ -165,19 +145,11 @@ def test_objective_metrics_per_objective() -> None:
 
 def test_rm_ds_train_eval_and_export_per_objective(setup_dir, tmp_path) -> None:
     """``rm-ds train`` with model.objectives: per-objective eval metrics, export names the outputs."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.harness import ENV
-
     run = tmp_path / "run"
     data = setup_dir / "pairs.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny",
-                           f"model.objectives=[{','.join(OBJECTIVES)}]", f"data.train_path={data}",
-                           f"data.eval_path={data}", "train.max_steps=2", "train.global_batch_pairs=8",
-                           "eval.every_steps=0", f"logging.run_dir={run}"],
-                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300, check=False)
+    proc = run_rm_ds(["train", "--config", "tiny", f"model.objectives=[{','.join(OBJECTIVES)}]",
+                      f"data.train_path={data}", f"data.eval_path={data}", "train.max_steps=2",
+                      "train.global_batch_pairs=8", "eval.every_steps=0", f"logging.run_dir={run}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(x) for x in data.read_text().splitlines()]
     n_help = sum("helpful" in r["objectives"] for r in rows)

@@ -28,7 +28,8 @@ from rm_ds.model import reward_head, rewards
 from rm_ds.data.packing import attention_mask_for, block_mask, collate_layout, pair_lengths, sampler_cost
 from rm_ds.data.sampler import PairSampler, SamplerConfig
 from rm_ds.data.tokenize import token_columns
-from tests.harness import make_tiny_setup, run_distributed
+from tests.harness import run_distributed
+from tests.reference import parity_run
 
 PAD, EOS, VOCAB = 0, 2, 97
 ONE_ROW = 10**6  # row_tokens above any micro-batch's total: every pair in one row
@@ -288,19 +289,14 @@ def test_sum_cost_sampler_plans(seed):
 # --------------------------------------------------------------------------- 2 ranks, ZeRO-2, through DeepSpeed
 
 @pytest.fixture(scope="module")
-def setup_dir(tmp_path_factory):
-    return make_tiny_setup(tmp_path_factory.mktemp("prefix"), prompt_words=(5, 40), response_words=(1, 20))
+def setup_dir(tiny_setup):
+    return tiny_setup("prefix", prompt_words=(5, 40), response_words=(1, 20))
 
 
 def overrides(root, *, stage: str, name: str, extra: tuple = ()) -> list[str]:
     # length_grouping off: the global batches are then the same whatever the layout's lengths
-    return [f"model.name_or_path={root / 'model'}", "model.dropout=0.0",
-            f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_length=64",
-            "train.global_batch_pairs=11", "train.micro_batching=token_budget", "train.token_budget=160",
-            "train.length_grouping=false", "train.max_steps=4", "train.lr=2e-3", "train.lr_scheduler=linear",
-            "train.warmup_ratio=0.25", "train.max_grad_norm=1.0", "train.seed=3", f"deepspeed.config={stage}",
-            f"logging.run_dir={root / ('run_' + name)}", "logging.progress=false", "logging.tensorboard=false",
-            *extra]
+    return parity_run(root, root / ("run_" + name), "train.length_grouping=false", f"deepspeed.config={stage}", *extra,
+                      steps=4, token_budget=160)
 
 
 def layout_train_worker(runs: list[list[str]]) -> list[dict]:
@@ -327,6 +323,8 @@ def layout_train_worker(runs: list[list[str]]) -> list[dict]:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_two_rank_zero2_prefix_sharing_matches_unshared(setup_dir):
     """Unshared, shared and shared+packed under ZeRO-2, and shared+packed under ZeRO-3 with activation
     checkpointing, all against the unshared ZeRO-2 run."""

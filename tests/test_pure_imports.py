@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PURE = ["rm_ds.eval.metrics", "rm_ds.data.dataset", "rm_ds.train.loss", "rm_ds.eval.scores", "rm_ds.train.run_state",
         "rm_ds.train.checkpoint_files"]
 
@@ -24,6 +26,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_pure_modules_import_with_deepspeed_blocked():
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}

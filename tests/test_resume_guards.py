@@ -66,6 +66,7 @@ def two_checkpoints(root, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_resume_onto_changed_training_data_is_refused_unless_overridden(root: Path, tmp_path: Path) -> None:
     """The same path with other contents (chosen and rejected swapped; the file cut to 12 rows) is refused
     naming data.train_path, for resume=auto and an explicit checkpoint; resume_override=[data.train_path]
@@ -141,6 +142,7 @@ def damage_garbage_same_size(ckpt: Path) -> Path:
     return f
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [damage_truncate, damage_garbage_rng, damage_missing, damage_garbage_same_size],
                          ids=lambda f: f.__name__)
 def test_a_damaged_newest_checkpoint_is_named_and_auto_falls_back(two_checkpoints: Path, tmp_path: Path, damage,
@@ -169,6 +171,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_auto_falls_back(two_checkpoint
     assert "\n" not in msg and f"{STEP4}: {bad}" in msg and f"{STEP2}: {root / STEP2 / bad.name}" in msg, msg
 
 
+@pytest.mark.slow
 def test_training_resumes_from_the_newest_whole_checkpoint(root: Path, two_checkpoints: Path,
                                                           tmp_path: Path) -> None:
     """End to end: the newest checkpoint's model states cut short; resume=auto names the file, resumes
@@ -195,6 +198,7 @@ def test_training_resumes_from_the_newest_whole_checkpoint(root: Path, two_check
     assert line.startswith("rm-ds: config error: resume=auto: no checkpoint in") and "rng_rank0.pt" in line, line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "start"), [
     ("resume=bogus", "rm-ds: config error: resume: 'bogus' is neither none, auto nor an existing checkpoint"),
     ("eval.metric=bogus", "rm-ds: config error: eval.metric: 'bogus' is not an eval metric"),

@@ -7,28 +7,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness import ENV, make_tiny_setup
+from tests.harness import run_rm_ds, tiny_run
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return make_tiny_setup(tmp_path_factory.mktemp("safety"), n_pairs=32)
+def root(tiny_setup) -> Path:
+    return tiny_setup("safety", n_pairs=32)
 
 
 def train(root: Path, run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    args = ["--config", "tiny", f"model.name_or_path={root / 'model'}", f"data.train_path={root / 'pairs.jsonl'}",
-            "data.eval_path=null", "data.max_length=64", "train.global_batch_pairs=8", "train.max_steps=4",
-            "train.export=false", "deepspeed.config=zero2", "logging.tensorboard=false", "eval.save_scores=false",
-            f"logging.run_dir={run_dir}", *extra]
-    return subprocess.run([sys.executable, "-m", "rm_ds.cli", "train", *args], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, **ENV, **(env or {})})
+    args = ["--config", "tiny", *tiny_run(root, run_dir, "train.global_batch_pairs=8", "train.max_steps=4",
+                                          "train.export=false", "deepspeed.config=zero2", "eval.save_scores=false",
+                                          *extra)]
+    return run_rm_ds(["train", *args], env=env, timeout=180)
 
 
 def fingerprint(d: Path) -> dict[str, tuple[int, str]]:

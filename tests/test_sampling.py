@@ -1,9 +1,7 @@
 """rm-ds sample: reproducible per prompt seed, identical on 1 and 2 ranks, resumable after SIGKILL."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,15 +16,15 @@ from rm_ds.proxy.sample import (
     prompt_seed,
     run_sample,
 )
-from tests.harness import ENV, make_tiny_setup, run_distributed
+from tests.harness import rm_ds_command, run_distributed, run_env
 
 PARAMS = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=6, n=2)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_setup):
     # the tiny Llama folder is a classifier; loaded as a causal LM its lm_head comes from the seed
-    return make_tiny_setup(tmp_path_factory.mktemp("sample"), n_pairs=11)
+    return tiny_setup("sample", n_pairs=11)
 
 
 def _sample(tiny, out, **kw):
@@ -70,6 +68,8 @@ def _rank_worker(tiny, out):
     return _sample(Path(tiny), out, rank=info.rank, world_size=info.world_size, barrier=dist.barrier)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_two_ranks_write_the_same_file_as_one(tiny, tmp_path):
     _sample(tiny, tmp_path / "one.jsonl")
     res = run_distributed(_rank_worker, world_size=2, args=(str(tiny), str(tmp_path / "two.jsonl")))
@@ -82,10 +82,10 @@ def test_two_ranks_write_the_same_file_as_one(tiny, tmp_path):
 def test_resume_after_sigkill_loses_and_repeats_nothing(tiny, tmp_path):
     _sample(tiny, tmp_path / "ref.jsonl")
     out = tmp_path / "killed.jsonl"
-    cmd = [sys.executable, "-m", "rm_ds.cli", "sample", "--prompts", str(tiny / "pairs.jsonl"), "--out", str(out),
-           "--model", str(tiny / "model"), "--num-responses", "2", "--temperature", "1.0", "--top-p", "0.9",
-           "--max-new-tokens", "6", "--seed", "7", "--batch-size", "3"]
-    env = {**os.environ, **ENV, "RM_DS_FAULT": "sample_batch:2"}
+    cmd = rm_ds_command("sample", "--prompts", str(tiny / "pairs.jsonl"), "--out", str(out), "--model",
+                        str(tiny / "model"), "--num-responses", "2", "--temperature", "1.0", "--top-p", "0.9",
+                        "--max-new-tokens", "6", "--seed", "7", "--batch-size", "3")
+    env = run_env({"RM_DS_FAULT": "sample_batch:2"})
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     part = out.with_name(out.name + ".parts") / "part-001-000.jsonl"

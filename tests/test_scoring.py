@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.harness import ENV, WORDS, free_port, run_distributed
+from tests.harness import WORDS, rm_ds_command, run_distributed, run_env, run_rm_ds
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}\n"
@@ -83,22 +82,22 @@ def runs(tmp_path_factory):
     for combo in COMBOS:
         model = build_model(combo, root / f"model-{combo}")
         dirs[combo] = root / f"run-{combo}"
-        args = [sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny", f"model.name_or_path={model}",
+        args = rm_ds_command("train", "--config", "tiny", f"model.name_or_path={model}",
                 f"data.train_path={root / 'pairs.jsonl'}", f"data.eval_path={root / 'pairs.jsonl'}",
                 "data.max_train_pairs=null", "data.max_eval_pairs=null", f"data.max_length={MAX_LENGTH}",
                 f"data.chat_template={'true' if combo.endswith('chat') else 'false'}", "train.max_steps=2",
                 "eval.every_steps=0", f"logging.run_dir={dirs[combo]}", "logging.tensorboard=false",
-                "deepspeed.config=zero0"]
-        procs[combo] = subprocess.Popen(args, env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, cwd=root,
+                "deepspeed.config=zero0")
+        procs[combo] = subprocess.Popen(args, env=run_env({"PYTHONPATH": str(REPO)}), cwd=root,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # a LoRA run for test_lora_adapter_export_scores_like_merged, trained beside the others
     dirs["lora"] = root / "run-lora"
     procs["lora"] = subprocess.Popen(
-        [sys.executable, "-m", "rm_ds.cli", "train", "--config", "tiny", f"model.name_or_path={root / 'model-llama'}",
+        rm_ds_command("train", "--config", "tiny", f"model.name_or_path={root / 'model-llama'}",
          f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_train_pairs=null",
          f"data.max_length={MAX_LENGTH}", "lora.enabled=true", "lora.r=4", "train.max_steps=2", "eval.every_steps=0",
-         f"logging.run_dir={dirs['lora']}", "logging.tensorboard=false", "deepspeed.config=zero0"],
-        env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, cwd=root,
+         f"logging.run_dir={dirs['lora']}", "logging.tensorboard=false", "deepspeed.config=zero0"),
+        env=run_env({"PYTHONPATH": str(REPO)}), cwd=root,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for combo, p in procs.items():
         out, _ = p.communicate(timeout=300)
@@ -206,6 +205,8 @@ def _score_worker(folder: str, pairs: str, out_dir: str) -> dict:
                show_progress=False)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_score_sharded_over_ranks(runs, tmp_path):
     """3 gloo ranks (uneven shards of 40 rows) and 2 ranks under the deepspeed launcher."""
     root, dirs = runs
@@ -222,11 +223,8 @@ def test_score_sharded_over_ranks(runs, tmp_path):
         np.testing.assert_allclose([g["reward_chosen"] for g in got], [want[i][0] for i in ids], atol=1e-5)
         np.testing.assert_allclose([g["reward_rejected"] for g in got], [want[i][1] for i in ids], atol=1e-5)
     out = tmp_path / "launcher.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(free_port()), "--module", "rm_ds.cli", "score",
-                           "--model", folder, "--input", str(root / "pairs.jsonl"), "--out", str(out)],
-                          env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = run_rm_ds(["score", "--model", folder, "--input", str(root / "pairs.jsonl"), "--out", str(out)], ranks=2,
+                     env={"PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "on 2 rank(s)" in proc.stdout
     got = [json.loads(line) for line in out.read_text().splitlines()]
@@ -234,6 +232,8 @@ def test_score_sharded_over_ranks(runs, tmp_path):
     np.testing.assert_allclose([g["reward_chosen"] for g in got], [want[i][0] for i in ids], atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI (mpirun) is not installed")
 def test_score_under_mpirun(runs, tmp_path):
     """`rm-ds score --mpi` under real mpirun with 2 ranks: every row once, in order, = one-process scores."""
@@ -242,7 +242,7 @@ def test_score_under_mpirun(runs, tmp_path):
     want = trainer_scores(dirs["llama"])
     ids = [json.loads(line)["id"] for line in (root / "pairs.jsonl").read_text().splitlines()]
     out = tmp_path / "mpirun.jsonl"
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMPI_MCA_rtc_hwloc_vmhole": "none"}
+    env = run_env({"PYTHONPATH": str(REPO), "OMPI_MCA_rtc_hwloc_vmhole": "none"})
     env.pop("RANK", None)
     proc = subprocess.run(["mpirun", "--allow-run-as-root", "--bind-to", "none", "-np", "2", sys.executable, "-m",
                            "rm_ds.cli", "score", "--mpi", "--model", folder, "--input", str(root / "pairs.jsonl"),
@@ -362,11 +362,10 @@ def test_lora_adapter_export_scores_like_merged(runs, tmp_path):
 
     root, dirs = runs
     run = dirs["lora"]
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
+    env = run_env({"PYTHONPATH": str(REPO)})
     for flags, out in (([], "merged"), (["--adapter"], "adapter")):
-        subprocess.run([sys.executable, "-m", "rm_ds.cli", "export", "--run-dir", str(run), "--out",
-                        str(tmp_path / out), *flags], env=env, cwd=tmp_path, check=True, capture_output=True,
-                       timeout=300)
+        subprocess.run(rm_ds_command("export", "--run-dir", str(run), "--out", str(tmp_path / out), *flags), env=env,
+                       cwd=tmp_path, check=True, capture_output=True, timeout=300)
     from safetensors.torch import load_file
 
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")

@@ -41,10 +41,8 @@ def texts(n: int, seed: int) -> tuple[list[str], list[str], list[str]]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from rm_ds.builtin import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("bf16") / "model", seed=3)
+def tiny(tiny_llama):
+    return tiny_llama(seed=3)
 
 
 def test_bf16_close_to_fp32_on_a_tiny_decoder(tiny):

@@ -13,7 +13,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,22 +20,20 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.harness import ENV, WORDS, free_port
+from tests.harness import WORDS, free_port, rm_ds_command, run_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from rm_ds.builtin import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("serve") / "model", seed=3)
+def model(tiny_llama):
+    return tiny_llama(seed=3)
 
 
 def start_server(model: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rm_ds.cli", "serve", "--model", str(model), "--port", str(port),
-                             *extra], env={**os.environ, **ENV, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"},
+    proc = subprocess.Popen(rm_ds_command("serve", "--model", str(model), "--port", str(port), *extra),
+                            env=run_env({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -544,8 +541,8 @@ def test_a_failing_batch_is_retried_one_by_one(model):
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rm_ds.cli", "serve", *args], capture_output=True, text=True,
-                          env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, timeout=timeout)
+    return subprocess.run(rm_ds_command("serve", *args), capture_output=True, text=True,
+                          env=run_env({"PYTHONPATH": str(REPO)}), timeout=timeout)
 
 
 def test_command_line_errors_are_one_line(model, tmp_path):
@@ -576,8 +573,8 @@ def test_banner_once_listening_and_no_progress_bars(model, tmp_path):
     with stderr not a terminal, nothing draws progress bars into the log."""
     log_file = tmp_path / "stderr.log"
     with open(log_file, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rm_ds.cli", "serve", "--model", str(model), "--port", "0"],
-                                env={**os.environ, **ENV, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(rm_ds_command("serve", "--model", str(model), "--port", "0"),
+                                env=run_env({"PYTHONPATH": str(REPO)}), stdout=subprocess.PIPE,
                                 stderr=err, text=True)
         try:
             banner = proc.stdout.readline()

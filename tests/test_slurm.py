@@ -19,13 +19,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.harness import ENV, free_port
+from tests.harness import ENV, free_port, run_rm_ds
 
 REPO = Path(__file__).resolve().parent.parent
 SBIN = Path("/usr/sbin")
@@ -35,7 +34,8 @@ EXTRA = ["train.epochs=4", "train.max_steps=48", "train.save_every_steps=6", "ev
 MAX_STEPS = 48
 REQUEUED = 1  # the LoRA row's task id
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the Slurm daemons run as root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the Slurm daemons run as root"),
+              pytest.mark.slow, pytest.mark.cluster]  # a Slurm array of 2-task jobs
 
 
 def _tool(name: str) -> str | None:
@@ -267,8 +267,7 @@ def test_requeued_task_resumes_from_its_checkpoint(ablation):
 
 def test_compare_reads_the_ablation(ablation, tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "rm_ds.cli", "compare", str(ablation["runs"]), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **ENV}, cwd=REPO)
+    proc = run_rm_ds(["compare", str(ablation["runs"]), "--out", str(out)], timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     rows = {r["run"]: r for r in csv.DictReader((out / "compare.csv").open())}
     assert set(rows) == set(ROWS)

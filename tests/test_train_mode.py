@@ -12,17 +12,17 @@ must draw different dropout masks (each rank its own stream).
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tests.harness import make_tiny_setup, run_distributed
+from tests.harness import make_tiny_setup, run_distributed, tiny_run
 
 
 def overrides(root, dropout: float) -> list[str]:
-    return [f"model.name_or_path={root / 'model'}", f"model.dropout={dropout}", "model.attn_implementation=eager",
-            f"data.train_path={root / 'pairs.jsonl'}", "data.eval_path=null", "data.max_length=64",
-            "train.global_batch_pairs=4", "train.micro_batching=fixed", "train.pairs_per_micro=4",
-            "train.max_steps=2", "train.lr=1e-3", "deepspeed.config=zero2", f"logging.run_dir={root / 'run'}",
-            "logging.progress=false", "logging.tensorboard=false", "train.export=false"]
+    return tiny_run(root, root / "run", f"model.dropout={dropout}", "model.attn_implementation=eager",
+                    "train.global_batch_pairs=4", "train.micro_batching=fixed", "train.pairs_per_micro=4",
+                    "train.max_steps=2", "train.lr=1e-3", "deepspeed.config=zero2", "logging.progress=false",
+                    "train.export=false")
 
 
 def worker(root) -> dict:
@@ -47,6 +47,8 @@ def worker(root) -> dict:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_dropout_active_in_training_steps_only(tmp_path):
     root = make_tiny_setup(tmp_path, n_pairs=8)
     ranks = run_distributed(worker, world_size=2, args=(root,))
@@ -96,6 +98,7 @@ def bf16_mixed_worker(root) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_bf16_mixed_trains_under_autocast_and_scores_in_fp32(tmp_path):
     """``model.dtype=bf16-mixed``: the weights stay fp32, a training forward's matmuls run in bf16 and the
     step moves the weights (clipped, its norm kept); scoring (eval, export) is the plain fp32 forward."""

@@ -120,6 +120,7 @@ def synsets() -> dict[tuple[str, str], Synset]:
     }
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_sizes_manifest_and_hashes(built: tuple[Path, dict]) -> None:
     out, manifest = built
@@ -141,6 +142,7 @@ def test_sizes_manifest_and_hashes(built: tuple[Path, dict]) -> None:
     assert sum(manifest["sources"]["train"].values()) == N_TRAIN
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_rows_are_well_formed(built: tuple[Path, dict]) -> None:
     out, _ = built
@@ -159,6 +161,7 @@ def test_rows_are_well_formed(built: tuple[Path, dict]) -> None:
             assert '; "' not in r["chosen"] and r["chosen"] == r["chosen"].strip()
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_hard_fraction_and_parts_of_speech(built: tuple[Path, dict]) -> None:
     out, _ = built
@@ -173,6 +176,7 @@ def test_hard_fraction_and_parts_of_speech(built: tuple[Path, dict]) -> None:
     }
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_split_is_disjoint_by_word(built: tuple[Path, dict]) -> None:
     out, _ = built
@@ -186,6 +190,7 @@ def test_split_is_disjoint_by_word(built: tuple[Path, dict]) -> None:
     assert not words["train"] & words["eval"]
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_chosen_is_the_sense_definition_and_negatives_are_valid(
     built: tuple[Path, dict], synsets: dict[tuple[str, str], Synset]
@@ -218,6 +223,7 @@ def test_chosen_is_the_sense_definition_and_negatives_are_valid(
     assert n_sibling > 0
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_deterministic(built: tuple[Path, dict], tmp_path: Path) -> None:
     out, manifest = built
@@ -229,6 +235,7 @@ def test_deterministic(built: tuple[Path, dict], tmp_path: Path) -> None:
     assert again["files"] == manifest["files"]
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_idempotent_and_rebuilds_when_stale(
     built: tuple[Path, dict], tmp_path: Path
@@ -262,12 +269,14 @@ def test_idempotent_and_rebuilds_when_stale(
     assert _existing_manifest(out, {**params, "seed": 1}) is None
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_too_many_pairs_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="eval split has only"):
         build_wordnet_pairs(tmp_path, n_train=10, n_eval=10**6)
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_cli_other_seed_size_and_hard_fraction(
     built: tuple[Path, dict], tmp_path: Path
@@ -307,6 +316,7 @@ def test_cli_other_seed_size_and_hard_fraction(
             assert split_of(PROMPT.match(r["prompt"]).group(2)) == split
 
 
+@pytest.mark.slow
 @needs_wordnet
 def test_output_loads_with_load_pairs(built: tuple[Path, dict]) -> None:
     from rm_ds.data.pairs import load_pairs
