@@ -226,8 +226,9 @@ def _match(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from rm_ds.data import inspect
+    from rm_ds.model import load_tokenizer
 
-    return inspect.main(_options(inspect.InspectOptions, args))
+    return inspect.main(_options(inspect.InspectOptions, args), load_tokenizer=load_tokenizer)
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,8 @@ LABEL_SMOOTHING_MAX = 0.5
 
 
 def check_label_smoothing(value: float, *, key: str = "loss.label_smoothing") -> None:
-    """The one bounds rule for label smoothing, shared by the config, ``train.loss`` and ``eval.metrics``."""
+    """The one bounds rule for label smoothing, shared by the config and ``train.loss``; ``eval.metrics`` (pure,
+    calling nothing of the config) checks the same ``LABEL_SMOOTHING_MAX`` inline."""
     if not 0.0 <= value < LABEL_SMOOTHING_MAX:
         raise ConfigError(f"{key}: must be in [0, {LABEL_SMOOTHING_MAX}), got {value}")
 

@@ -230,7 +230,7 @@ def test_compare_cli_named_runs_and_errors(two_runs, tmp_path):
                                                "compare_auc.png", "compare_ece.png"}
     bad = subprocess.run([sys.executable, "-m", "rm_ds.cli", "compare", str(tmp_path / "report")],
                          capture_output=True, text=True, timeout=120, env=_env())
-    assert bad.returncode == 1 and "no metrics.jsonl" in bad.stderr
+    assert bad.returncode == 2 and "config error" in bad.stderr and "no metrics.jsonl" in bad.stderr
 
 
 # --------------------------------------------------------------------------- scripts and the shipped table

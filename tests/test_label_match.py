@@ -9,7 +9,8 @@ from scipy import stats
 
 from rm_ds.data.scored import read_scored
 from rm_ds.errors import ConfigError, DataError
-from rm_ds.proxy.label import label, make_pairs, score_rows
+from rm_ds.data.scored import make_pairs
+from rm_ds.proxy.label import label, score_rows
 from rm_ds.proxy.match import (
     agreement_by_gold_gap,
     diagnose,

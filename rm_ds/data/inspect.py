@@ -8,12 +8,15 @@ valid pairs, invalid rows by reason with the first messages (file, line, field),
 the tokenizer truncates or drops at ``max_length`` (``rm_ds.data.tokenize`` rules), percentiles of prompt,
 response and pair lengths in tokens, and pairs per source. Scored-responses files (rows with
 ``responses``): prompts, responses per prompt, whether they are labelled, and the gold ties and pairs
-``rm-ds label`` would make. Exits 1 when any row is invalid, unless ``--skip-invalid``.
+``rm-ds label`` would make. Exits 3 (a data error) when any row is invalid, unless ``--skip-invalid``.
+
+The tokenizer loader is passed in by the command (``rm_ds.model.load_tokenizer``): data/ imports nothing above it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +47,10 @@ def _percentiles(values) -> str:
 
 
 def inspect_pairs(path: str, *, tokenizer: str | None, max_length: int, chat_template: bool = False,
-                  fields: PairFields | None = None) -> tuple[list[str], int]:
-    """Summary lines and the number of invalid rows of a pair dataset."""
+                  fields: PairFields | None = None,
+                  load_tokenizer: Callable[[str], object] | None = None) -> tuple[list[str], int]:
+    """Summary lines and the number of invalid rows of a pair dataset; with ``tokenizer`` (a name that
+    ``load_tokenizer`` loads), the token lengths and what ``max_length`` cuts."""
     from rm_ds.builtin import rm_ds_home
     from rm_ds.data.pairs import load_pairs
     from rm_ds.data.dataset import resolve_data_path
@@ -64,7 +69,8 @@ def inspect_pairs(path: str, *, tokenizer: str | None, max_length: int, chat_tem
     if "margin" in ds.column_names and fields and fields.margin:
         lines.append(f"zero margins: {int(np.sum(np.asarray(ds['margin']) == 0))}")
     if tokenizer:
-        from rm_ds.model import load_tokenizer
+        if load_tokenizer is None:
+            raise ValueError("inspect_pairs: a tokenizer name needs load_tokenizer")
         from rm_ds.data.tokenize import TokenizeOptions, tokenize_pairs
 
         tok, treport = tokenize_pairs(ds, load_tokenizer(tokenizer), TokenizeOptions(
@@ -88,8 +94,7 @@ def inspect_pairs(path: str, *, tokenizer: str | None, max_length: int, chat_tem
 
 def inspect_scored(path: str, *, tie_eps: float) -> tuple[list[str], int]:
     """Summary lines of a scored-responses file (a bad row raises with its line and field)."""
-    from rm_ds.data.scored import read_scored
-    from rm_ds.proxy.label import make_pairs
+    from rm_ds.data.scored import make_pairs, read_scored
 
     rows = read_scored(path)
     n_resp = Counter(len(r["responses"]) for r in rows)
@@ -126,7 +131,7 @@ class InspectOptions:
     tie_eps: float = 0.0
 
 
-def main(args: InspectOptions) -> int:
+def main(args: InspectOptions, *, load_tokenizer: Callable[[str], object] | None = None) -> int:
     """The ``rm-ds inspect`` entry: exit code 0, or 3 (a data error) when rows are invalid."""
     if args.max_length < 1:
         raise ConfigError(f"--max-length: must be >= 1, got {args.max_length}")
@@ -137,7 +142,8 @@ def main(args: InspectOptions) -> int:
         fields = PairFields(prompt=args.prompt_field, chosen=args.chosen_field, rejected=args.rejected_field,
                             margin=args.margin_field)
         lines, invalid = inspect_pairs(args.file, tokenizer=args.tokenizer or None, max_length=args.max_length,
-                                       chat_template=args.chat_template, fields=fields)
+                                       chat_template=args.chat_template, fields=fields,
+                                       load_tokenizer=load_tokenizer)
     print("\n".join(lines), flush=True)
     if invalid and not args.skip_invalid:
         print(f"inspect: {invalid} invalid rows (training would stop at the first; pass --skip-invalid "

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rm_ds.data.jsonl import read_jsonl
-from rm_ds.errors import DataError
+from rm_ds.errors import ConfigError, DataError
 
-__all__ = ["SCORED_FILES", "check_row", "read_scored", "scored_from_files"]
+__all__ = ["SCORED_FILES", "PairStats", "check_row", "make_pairs", "read_scored", "scored_from_files"]
 
 SCORED_FILES = ("prompts.json", "responses.json", "rewards.json")
 """The three parallel files of the folder form."""
@@ -134,3 +135,56 @@ def scored_from_files(prompts: Any, responses: Any, rewards: Any) -> list[dict]:
                              f"{len(rew)} rewards")
         rows.append({"prompt": p, "responses": [v for _, v in sorted(keyed)], "rewards": rew})
     return rows
+
+
+@dataclass
+class PairStats:
+    prompts: int = 0
+    """Rows read."""
+    candidates: int = 0
+    """Response pairs considered (n*(n-1)/2 per prompt)."""
+    pairs: int = 0
+    """Pairs written."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Reason -> pairs skipped: "tie" (|gold difference| <= tie_eps), "identical responses", "empty response"."""
+
+    @property
+    def tie_rate(self) -> float:
+        return self.skipped.get("tie", 0) / max(1, self.candidates)
+
+    def summary(self) -> str:
+        return (f"{self.pairs} pairs from {self.prompts} prompts ({self.candidates} candidate pairs); "
+                f"ties {self.skipped.get('tie', 0)} (tie rate {self.tie_rate:.2%}); skipped {self.skipped}")
+
+
+def make_pairs(rows: list[dict], *, tie_eps: float = 0.0, margin: bool = False) -> tuple[list[dict], PairStats]:
+    """Preference pairs from labelled rows: the higher gold reward is chosen; ties skipped and counted."""
+    if tie_eps < 0:
+        raise ConfigError(f"--tie-eps: must be >= 0, got {tie_eps}")
+    pairs, stats = [], PairStats(prompts=len(rows))
+    for r in rows:
+        resp, rew = r["responses"], r["rewards"]
+        for i in range(len(resp)):
+            for j in range(i + 1, len(resp)):
+                stats.candidates += 1
+                reason = None
+                if not resp[i].strip() or not resp[j].strip():
+                    reason = "empty response"
+                elif resp[i] == resp[j]:
+                    reason = "identical responses"
+                elif abs(rew[i] - rew[j]) <= tie_eps:
+                    reason = "tie"
+                if reason:
+                    stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+                    continue
+                c, w = (i, j) if rew[i] > rew[j] else (j, i)
+                pair = {"id": f"{r['id']}:{c}>{w}", "prompt": r["prompt"], "chosen": resp[c], "rejected": resp[w],
+                        "gold_chosen": rew[c], "gold_rejected": rew[w],
+                        "gold_pref": 1.0 / (1.0 + math.exp(-(rew[c] - rew[w])))}
+                if margin:
+                    pair["margin"] = rew[c] - rew[w]
+                if "source" in r:
+                    pair["source"] = r["source"]
+                pairs.append(pair)
+    stats.pairs = len(pairs)
+    return pairs, stats

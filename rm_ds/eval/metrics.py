@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rm_ds.config import check_label_smoothing
+from rm_ds.config import LABEL_SMOOTHING_MAX
+from rm_ds.errors import ConfigError
 
 __all__ = [
     "TEMPERATURE_MIN",
@@ -175,7 +176,8 @@ def bt_loss_per_pair(
     """
     c, r = _as_pair_arrays(chosen, rejected)
     n = c.size
-    check_label_smoothing(label_smoothing, key="label_smoothing")
+    if not 0.0 <= label_smoothing < LABEL_SMOOTHING_MAX:  # the bound of config.check_label_smoothing
+        raise ConfigError(f"label_smoothing: must be in [0, {LABEL_SMOOTHING_MAX}), got {label_smoothing}")
     m = _per_pair(margin, n, "margin")
     w = _per_pair(weight, n, "weight")
     z = beta * (c - r) - m

@@ -20,14 +20,13 @@ so are pairs of identical or empty responses, which a pair file cannot hold.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from rm_ds.data.jsonl import write_jsonl
-from rm_ds.data.scored import read_scored
+from rm_ds.data.scored import PairStats, make_pairs, read_scored
 from rm_ds.errors import ConfigError, DataError
 
 ScoreFn = Callable[[list, list], np.ndarray]
@@ -78,59 +77,6 @@ def attach_rewards(rows: list[dict], rewards: dict[tuple[str, int], float], *, g
             new["gold"] = gold
         out.append(new)
     return out
-
-
-@dataclass
-class PairStats:
-    prompts: int = 0
-    """Rows read."""
-    candidates: int = 0
-    """Response pairs considered (n*(n-1)/2 per prompt)."""
-    pairs: int = 0
-    """Pairs written."""
-    skipped: dict[str, int] = field(default_factory=dict)
-    """Reason -> pairs skipped: "tie" (|gold difference| <= tie_eps), "identical responses", "empty response"."""
-
-    @property
-    def tie_rate(self) -> float:
-        return self.skipped.get("tie", 0) / max(1, self.candidates)
-
-    def summary(self) -> str:
-        return (f"{self.pairs} pairs from {self.prompts} prompts ({self.candidates} candidate pairs); "
-                f"ties {self.skipped.get('tie', 0)} (tie rate {self.tie_rate:.2%}); skipped {self.skipped}")
-
-
-def make_pairs(rows: list[dict], *, tie_eps: float = 0.0, margin: bool = False) -> tuple[list[dict], PairStats]:
-    """Preference pairs from labelled rows: the higher gold reward is chosen; ties skipped and counted."""
-    if tie_eps < 0:
-        raise ConfigError(f"--tie-eps: must be >= 0, got {tie_eps}")
-    pairs, stats = [], PairStats(prompts=len(rows))
-    for r in rows:
-        resp, rew = r["responses"], r["rewards"]
-        for i in range(len(resp)):
-            for j in range(i + 1, len(resp)):
-                stats.candidates += 1
-                reason = None
-                if not resp[i].strip() or not resp[j].strip():
-                    reason = "empty response"
-                elif resp[i] == resp[j]:
-                    reason = "identical responses"
-                elif abs(rew[i] - rew[j]) <= tie_eps:
-                    reason = "tie"
-                if reason:
-                    stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
-                    continue
-                c, w = (i, j) if rew[i] > rew[j] else (j, i)
-                pair = {"id": f"{r['id']}:{c}>{w}", "prompt": r["prompt"], "chosen": resp[c], "rejected": resp[w],
-                        "gold_chosen": rew[c], "gold_rejected": rew[w],
-                        "gold_pref": 1.0 / (1.0 + math.exp(-(rew[c] - rew[w])))}
-                if margin:
-                    pair["margin"] = rew[c] - rew[w]
-                if "source" in r:
-                    pair["source"] = r["source"]
-                pairs.append(pair)
-    stats.pairs = len(pairs)
-    return pairs, stats
 
 
 def label(samples: str, score: ScoreFn, *, out_scored: str, out_pairs: str | None, tie_eps: float = 0.0,
