@@ -34,6 +34,8 @@ import pytest
 
 from tests.harness import ENV, free_port
 
+pytestmark = pytest.mark.slow  # builds a wheel and a virtualenv, then trains
+
 REPO = Path(__file__).resolve().parents[1]
 TORCH_SPEC = os.environ.get("RM_DS_TORCH", "torch==2.13.0")
 """As launch/setup.sh: the CPU wheel here; a GPU machine sets its CUDA build."""
