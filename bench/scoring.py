@@ -227,15 +227,16 @@ def main() -> None:
                     fair["large"].extend(large)
     med = {k: float(np.median(v)) if v else float("nan") for k, v in figures.items()}
     base = med["naive"]
-    print(f"\n== scoring throughput: {args.model}, {len(rows)} WordNet eval pairs, {args.threads} threads, "
-          f"median of {args.rounds} interleaved rounds ==")
-    print(f"{'path':<48} {'pairs/s':>8} {'vs naive':>9}")
-    print(f"{'naive loop (fp32, one response per forward)':<48} {base:>8.1f} {1.0:>8.2f}x")
-    for d in dtypes:
-        print(f"{f'rm-ds score --dtype {d}':<48} {med[f'score {d}']:>8.1f} {med[f'score {d}'] / base:>8.2f}x")
-    for d in dtypes:
-        label = f"rm-ds serve --dtype {d}, {args.clients} clients, 1 pair/req"
-        print(f"{label:<48} {med[f'serve {d}']:>8.1f} {med[f'serve {d}'] / base:>8.2f}x")
+    if args.rounds:  # --rounds 0: the fairness run alone, no throughput table
+        print(f"\n== scoring throughput: {args.model}, {len(rows)} WordNet eval pairs, {args.threads} threads, "
+              f"median of {args.rounds} interleaved rounds ==")
+        print(f"{'path':<48} {'pairs/s':>8} {'vs naive':>9}")
+        print(f"{'naive loop (fp32, one response per forward)':<48} {base:>8.1f} {1.0:>8.2f}x")
+        for d in dtypes:
+            print(f"{f'rm-ds score --dtype {d}':<48} {med[f'score {d}']:>8.1f} {med[f'score {d}'] / base:>8.2f}x")
+        for d in dtypes:
+            label = f"rm-ds serve --dtype {d}, {args.clients} clients, 1 pair/req"
+            print(f"{label:<48} {med[f'serve {d}']:>8.1f} {med[f'serve {d}'] / base:>8.2f}x")
     for d in dtypes:
         ms = np.asarray(lat[d]) * 1000
         if len(ms):
